@@ -1,0 +1,149 @@
+"""The MLflow side: the only module that imports mlflow.
+
+The embedded default store is SQLite at <results>/mlflow.db with artifacts under
+<results>/mlartifacts; `tracking.uri` in the config or $MLFLOW_TRACKING_URI points it at a
+tracking server instead. Runs are written through MlflowClient with explicit run ids (no
+global "active run"), so parents, children and parallel workers never mix.
+
+Tags every training run carries: variant, dataset, seed, config_hash, git_commit, kind
+("train" | "ablation" | "study" | "trial"), and failure_reason when it failed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from study.config import Config, TrackingConfig, flatten, to_dict
+from study.data import PROJECT_ROOT
+
+FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(cfg.results_dir).resolve() / 'mlflow.db')}"
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=PROJECT_ROOT, text=True, capture_output=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Store:
+    """One experiment in one tracking store. Create it in the parent process before any
+    child or worker starts: MLflow's SQLite schema creation races between processes."""
+
+    def __init__(self, cfg: TrackingConfig):
+        self.uri = tracking_uri(cfg)
+        results = Path(cfg.results_dir).resolve()
+        if self.uri.startswith("sqlite:///"):
+            results.mkdir(parents=True, exist_ok=True)
+        # No mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to every subprocess.
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            location = None
+            if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
+                location = (results / "mlartifacts" / cfg.experiment).as_uri()
+            try:
+                self.experiment_id = self.client.create_experiment(cfg.experiment, location)
+            except mlflow.exceptions.MlflowException:  # another process created it first
+                self.experiment_id = self.client.get_experiment_by_name(
+                    cfg.experiment).experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+        self.name = cfg.experiment
+
+    def find(self, **tags) -> list:
+        """Runs of this experiment whose tags match, newest first."""
+        flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.experiment_id], filter_string=flt,
+                                       order_by=["attributes.start_time DESC"],
+                                       max_results=1000)
+
+    def completed(self, config_hash: str):
+        runs = [r for r in self.find(config_hash=config_hash, kind="train")
+                if r.info.status == FINISHED]
+        return runs[0] if runs else None
+
+    def unfinished(self, config_hash: str, kind: str = "train"):
+        runs = [r for r in self.find(config_hash=config_hash, kind=kind)
+                if r.info.status != FINISHED]
+        return runs[0] if runs else None
+
+    def start(self, name: str, tags: dict[str, Any], parent: RunTracker | None = None,
+              run_id: str | None = None) -> RunTracker:
+        """A new run (or, with run_id, an existing one taken up again)."""
+        if run_id is not None:
+            self.client.update_run(run_id, status=RUNNING)
+            return RunTracker(self.client, run_id)
+        tags = {k: str(v) for k, v in tags.items()}
+        tags["git_commit"] = git_commit()
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return RunTracker(self.client, run.info.run_id)
+
+    def metric_history(self, run_id: str, key: str) -> list:
+        return self.client.get_metric_history(run_id, key)
+
+
+class RunTracker:
+    """One MLflow run, by id. Has the calls train() makes (see train.NullTracker)."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        existing = self.client.get_run(self.run_id).data.params
+        items = [p for p in items if p.key not in existing]  # a resumed run has them
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_config(self, cfg: Config) -> None:
+        import yaml
+
+        self.log_params(flatten(to_dict(cfg)))
+        self.client.log_text(self.run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False),
+                             "config.yaml")
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_figure(self, fig, name: str) -> None:
+        self.client.log_figure(self.run_id, fig, name)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def end(self, status: str = FINISHED, reason: str = "") -> None:
+        if reason:
+            self.set_tags({"failure_reason": reason[:5000]})
+        self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,319 @@
+"""Training: train(cfg, corpus, tracker) -> Result. One epoch loop, small helpers.
+
+Losses are mean cross-entropy in nats per character (bits = nats / ln 2). The training
+loss of an epoch is the mean over its updates' new steps; validation and test losses are
+over the whole split with the state carried across chunks, as in char-rnn.
+
+Guard rails (char-rnn, torch-rnn): a NaN/inf loss or a loss above `divergence_factor`
+times the initial one stops the run with the reason. A checkpoint is written atomically
+after every epoch (model, optimizer, RNG states, config, vocabulary, history), so a killed
+run resumes where it was and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from study import data
+from study.config import Config, to_dict
+from study.model import CharLM, detach_state, sample
+
+LN2 = math.log(2)
+
+
+class Diverged(RuntimeError):
+    """Training stopped because the loss blew up; the message says how."""
+
+
+@dataclass
+class Result:
+    status: str  # "finished" | "failed"
+    reason: str = ""
+    epochs: int = 0
+    best_epoch: int = 0
+    best_val: float = math.nan  # nats/char
+    test: float = math.nan  # nats/char, from the best checkpoint
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    num_params: int = 0
+
+
+class NullTracker:
+    """Tracking off: the same calls, no effect. See study.tracking.RunTracker."""
+
+    def log_params(self, params):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_text(self, text, name):
+        pass
+
+    def log_artifact(self, path, folder=None):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# set-up helpers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use "
+                           "'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: CharLM, cfg: Config) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "rmsprop":  # char-rnn: decay 0.95, eps 1e-8
+        return torch.optim.RMSprop(model.parameters(), lr=t.lr, alpha=t.rmsprop_alpha, eps=1e-8)
+    return torch.optim.Adam(model.parameters(), lr=t.lr)
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """Learning rate for epoch (1-based): char-rnn multiplies it by lr_decay at the end of
+    every epoch from `lr_decay_after` on, so epoch e uses lr · decay^max(0, e − after)."""
+    t = cfg.train
+    return t.lr * t.lr_decay ** max(0, epoch - t.lr_decay_after)
+
+
+# ---------------------------------------------------------------------------------------
+# one update, one evaluation
+
+
+def clip_gradients(model: CharLM, mode: str, value: float) -> float:
+    """Clip in place; return the gradient's global L2 norm before clipping."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if mode == "norm":  # Pascanu13: g <- θ g / ‖g‖ when ‖g‖ > θ
+        return float(torch.nn.utils.clip_grad_norm_(params, value))
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    if mode == "value":  # char-rnn/Graves: each component clipped to [−θ, θ]
+        torch.nn.utils.clip_grad_value_(params, value)
+    return norm
+
+
+def train_step(model, opt, x, y, state, w: data.Window, cfg: Config):
+    """One TBPTT update over window w of the (L, B) grids x, y. Returns (loss in nats/char
+    of the new steps, grad norm before clipping, the carried state)."""
+    xs = x[w.start:w.end]
+    logits, _, carry = model(xs, state, carry_at=w.carry - w.start)
+    new = logits[w.new - w.start:]  # (k1, B, V)
+    loss = F.cross_entropy(new.reshape(-1, new.shape[-1]), y[w.new:w.end].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    (loss * (w.end - w.new) if cfg.train.time_reduction == "sum" else loss).backward()
+    norm = clip_gradients(model, cfg.train.clip, cfg.train.clip_value)
+    opt.step()
+    return loss.item(), norm, carry
+
+
+@torch.no_grad()
+def evaluate(model: CharLM, ids: torch.Tensor, batch_size: int, seq_len: int,
+             device: torch.device, split_name: str = "val") -> float:
+    """Mean cross-entropy (nats/char) over a split, state carried across chunks."""
+    was_training = model.training
+    model.eval()
+    x, y = data.streams(ids, batch_size, split_name)
+    x, y = x.to(device), y.to(device)
+    state, total = None, 0.0
+    for start in range(0, x.shape[0], seq_len):
+        logits, state, _ = model(x[start:start + seq_len], state)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                 y[start:start + seq_len].reshape(-1), reduction="sum").item()
+    model.train(was_training)
+    return total / y.numel()
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(path: Path, **payload) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_states() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "random": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_states(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["random"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None = None,
+          resume: bool = False, progress: bool = True) -> Result:
+    """Train one model as `cfg` says, log per-epoch metrics to `tracker`, and return the
+    result, with the test loss of the best (lowest validation loss) checkpoint."""
+    tracker = tracker or NullTracker()
+    t = cfg.train
+    device = pick_device(t.device)
+    if t.threads is not None:
+        torch.set_num_threads(t.threads)
+    seed_everything(t.seed)
+    model = CharLM(corpus.vocab_size, cfg.model).to(device)
+    opt = make_optimizer(model, cfg)
+    k2, k1 = t.seq_len, t.k1 or t.seq_len
+    x, y = (g.to(device) for g in data.streams(corpus.splits["train"], t.batch_size, "train"))
+    schedule = data.windows(x.shape[0], k1, k2)
+    data.check_epoch_size(len(schedule))
+    chars_per_epoch = sum(w.end - w.new for w in schedule) * t.batch_size
+
+    res = Result("running", num_params=model.num_params())
+    start_epoch, initial_loss, bad_epochs = 1, None, 0
+    last, best = (ckpt_dir / "last.pt", ckpt_dir / "best.pt") if ckpt_dir else (None, None)
+    if resume and last is not None and last.is_file():
+        ck = load_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        set_rng_states(ck["rng"])
+        res.history, res.best_val, res.best_epoch = ck["history"], ck["best_val"], ck["best_epoch"]
+        start_epoch, initial_loss, bad_epochs = ck["epoch"] + 1, ck["initial_loss"], ck["bad"]
+        print(f"resuming from {last} after epoch {ck['epoch']}", file=sys.stderr)
+    tracker.set_tags({"device": str(device), "threads": str(torch.get_num_threads()),
+                      "num_params": str(res.num_params)})
+
+    t0 = time.perf_counter() - sum(h["epoch_seconds"] for h in res.history)
+    epoch = start_epoch - 1
+    stop_reason = ""
+    for epoch in range(start_epoch, t.epochs + 1):
+        if bad_epochs >= (t.patience or math.inf):
+            break
+        lr = lr_at(cfg, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        state, losses, norms = None, [], []
+        e0 = time.perf_counter()
+        bar = tqdm(total=chars_per_epoch, unit="char", unit_scale=True, leave=False,
+                   desc=f"{cfg.model.cell}/{corpus.name} epoch {epoch}/{t.epochs}",
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        try:
+            for w in schedule:
+                loss, norm, state = train_step(model, opt, x, y, state, w, cfg)
+                initial_loss = initial_loss if initial_loss is not None else loss
+                if not math.isfinite(loss):
+                    raise Diverged(f"loss became {loss} at epoch {epoch}")
+                if loss > t.divergence_factor * initial_loss:
+                    raise Diverged(f"loss {loss:.3f} nats/char exceeds {t.divergence_factor:g}"
+                                   f" × the initial {initial_loss:.3f} at epoch {epoch}")
+                state = detach_state(state)
+                losses.append(loss)
+                norms.append(norm)
+                bar.update((w.end - w.new) * t.batch_size)
+                if len(losses) % 10 == 0:
+                    bar.set_postfix_str(f"train {np.mean(losses[-10:]):.3f} nats/char")
+        except Diverged as e:
+            stop_reason = str(e)
+            break
+        finally:
+            bar.close()
+        train_seconds = time.perf_counter() - e0
+        val = evaluate(model, corpus.splits["val"], t.batch_size, t.eval_seq_len, device)
+        seconds = time.perf_counter() - e0
+        train_loss = float(np.mean(losses))
+        row = {"epoch": epoch, "train_nats_per_char": train_loss,
+               "train_bits_per_char": train_loss / LN2, "val_nats_per_char": val,
+               "val_bits_per_char": val / LN2, "lr": lr,
+               "grad_norm_preclip_mean": float(np.mean(norms)),
+               "grad_norm_preclip_max": float(np.max(norms)),
+               "train_chars_per_s": chars_per_epoch / train_seconds,
+               "epoch_seconds": seconds}
+        res.history.append(row)
+        if val < res.best_val or math.isnan(res.best_val):
+            res.best_val, res.best_epoch, bad_epochs = val, epoch, 0
+            if best is not None:
+                save_checkpoint(best, model=model.state_dict(), config=to_dict(cfg),
+                                vocab=corpus.vocab, epoch=epoch, val_nats_per_char=val)
+        else:
+            bad_epochs += 1
+        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if t.sample_chars:
+            tracker.log_text(_sample_text(model, corpus, t.sample_chars, t.seed + epoch),
+                             f"samples/epoch_{epoch:03d}.txt")
+        print(f"epoch {epoch:3d}  train {train_loss:.4f}  val {val:.4f} nats/char "
+              f"({val / LN2:.4f} bits/char)  {chars_per_epoch / train_seconds:,.0f} chars/s  "
+              f"{seconds:.1f} s", file=sys.stderr)
+        if last is not None:
+            save_checkpoint(last, model=model.state_dict(), optimizer=opt.state_dict(),
+                            rng=rng_states(), config=to_dict(cfg), vocab=corpus.vocab,
+                            epoch=epoch, history=res.history, best_val=res.best_val,
+                            best_epoch=res.best_epoch, initial_loss=initial_loss,
+                            bad=bad_epochs)
+        _fault_injection(epoch)
+
+    res.epochs = len(res.history)
+    res.seconds = time.perf_counter() - t0
+    if stop_reason:
+        res.status, res.reason = "failed", stop_reason
+        return res
+    if best is not None and best.is_file():
+        model.load_state_dict(load_checkpoint(best)["model"])
+    res.test = evaluate(model, corpus.splits["test"], t.batch_size, t.eval_seq_len, device,
+                        "test")
+    res.status = "finished"
+    tracker.log_metrics({"test_nats_per_char": res.test, "test_bits_per_char": res.test / LN2,
+                         "best_val_nats_per_char": res.best_val, "best_epoch": res.best_epoch,
+                         "epochs_trained": res.epochs})
+    return res
+
+
+def _sample_text(model: CharLM, corpus: data.Corpus, n: int, seed: int) -> str:
+    """A sample from its own generator, so sampling never moves the training RNG."""
+    g = torch.Generator().manual_seed(seed)
+    prime = corpus.splits["val"][:50].long().to(next(model.parameters()).device)
+    ids = sample(model, prime, n, generator=g)
+    return f"[prime from val]\n{corpus.decode(prime)}\n[sample, temperature 1]\n" \
+           f"{corpus.decode(ids)}\n"
+
+
+def _fault_injection(epoch: int) -> None:
+    """For the resume test: STUDY_KILL_AFTER_EPOCH=N ends the process abruptly (no clean-up,
+    like SIGKILL) right after epoch N's checkpoint is written."""
+    if os.environ.get("STUDY_KILL_AFTER_EPOCH") == str(epoch):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(137)

@@ -1,0 +1,198 @@
+"""The runner end to end: MLflow runs read back through the client, skipping, resuming
+after a hard kill, and bad inputs that stop before any run exists."""
+
+import math
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from study import data, run
+from study.config import TrackingConfig
+from study.tracking import tracking_uri
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+def client_for(results: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri(TrackingConfig(results_dir=str(results))))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke ablation (3 variants × 2 corpora × 1 seed, 2 epochs) shared by the tests."""
+    results = tmp_path_factory.mktemp("smoke")
+    rc = run.main([SMOKE, "--set", f"tracking.results_dir={results}", "--no-progress"])
+    assert rc == 0
+    return results
+
+
+def test_smoke_ablation_leaves_parent_and_child_runs(smoke):
+    client = client_for(smoke)
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "ablation"]
+    children = [r for r in runs if r.data.tags.get("kind") == "train"]
+    assert len(parents) == 1 and len(children) == 6
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {(c.data.tags["variant"], c.data.tags["dataset"]) for c in children} == \
+        {(v, d) for v in ("peephole", "lstm", "gru") for d in ("warpeace", "linux")}
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert c.info.status == "FINISHED"
+        for tag in ("seed", "config_hash", "git_commit", "data_sha256", "num_params"):
+            assert c.data.tags[tag]
+        p = c.data.params
+        assert p["model.cell"] == c.data.tags["variant"]
+        assert p["data.corpus"] == c.data.tags["dataset"] and p["train.seq_len"] == "32"
+        for key in ("train_nats_per_char", "val_nats_per_char", "val_bits_per_char", "lr",
+                    "grad_norm_preclip_mean", "train_chars_per_s", "epoch_seconds"):
+            hist = client.get_metric_history(c.info.run_id, key)
+            assert [m.step for m in hist] == [1, 2], key
+        m = c.data.metrics
+        bits = m["test_nats_per_char"] / math.log(2)
+        assert m["test_bits_per_char"] == pytest.approx(bits)
+        assert 0 < m["test_nats_per_char"] < 5
+        arts = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert {"config.yaml", "samples", "checkpoint"} <= arts
+        samples = {a.path for a in client.list_artifacts(c.info.run_id, "samples")}
+        assert samples == {"samples/epoch_001.txt", "samples/epoch_002.txt"}
+        ck = client.download_artifacts(c.info.run_id, "checkpoint/best.pt")
+        payload = torch.load(ck, weights_only=False)
+        assert payload["config"]["model"]["cell"] == c.data.tags["variant"]
+        assert payload["vocab"] and payload["model"]
+    summary = client.download_artifacts(parent.info.run_id, "summary.csv")
+    assert "test nats/char" in Path(summary).read_text()
+
+
+def test_rerun_skips_finished_configs(smoke, capsys):
+    client = client_for(smoke)
+    exp = client.get_experiment_by_name("smoke")
+    before = len(client.search_runs([exp.experiment_id]))
+    assert run.main([SMOKE, "--set", f"tracking.results_dir={smoke}", "--no-progress"]) == 0
+    assert len(client.search_runs([exp.experiment_id])) == before  # nothing new
+    assert capsys.readouterr().err.count("already finished") == 6
+
+
+def _run_cli(results, *extra, env=None):
+    args = [sys.executable, "-m", "study.run", SMOKE, "--no-progress",
+            "--set", f"tracking.results_dir={results}", "--set", "ablation.variants=[lstm]",
+            "--set", "ablation.datasets=[warpeace]", "--set", "train.epochs=3",
+            "--set", "model.dropout=0.3", *extra]
+    return subprocess.run(args, cwd=ROOT, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_resume_after_a_hard_kill_ends_with_the_same_weights(tmp_path):
+    whole = _run_cli(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    killed = _run_cli(tmp_path / "split", env={"STUDY_KILL_AFTER_EPOCH": "1"})
+    assert killed.returncode == 137  # died abruptly after epoch 1's checkpoint
+    client = client_for(tmp_path / "split")
+    exp = client.get_experiment_by_name("smoke")
+    (child,) = [r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("kind") == "train"]
+    assert child.info.status == "RUNNING"  # as a killed process leaves it
+    resumed = _run_cli(tmp_path / "split", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("kind") == "train"]
+    assert [r.info.run_id for r in runs] == [child.info.run_id]  # the same MLflow run
+    assert runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_nats_per_char")]
+    assert steps == [1, 2, 3]
+
+    def last_weights(results):
+        (ck,) = (results / "checkpoints" / "smoke").glob("*/last.pt")
+        return torch.load(ck, weights_only=False)["model"]
+
+    a, b = last_weights(tmp_path / "whole"), last_weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _no_runs(results: Path) -> bool:
+    return not (results / "mlflow.db").exists() and not (results / "mlartifacts").exists()
+
+
+@pytest.mark.parametrize("setting,needle", [
+    ("train.sequence=5", "unknown key 'train.sequence'"),
+    ("ablation.variants=[lstm,nope]", "unknown cell variant 'nope'"),
+])
+def test_bad_config_stops_before_any_run(tmp_path, capsys, setting, needle):
+    rc = run.main([SMOKE, "--set", f"tracking.results_dir={tmp_path}", "--set", setting])
+    assert rc == 2 and needle in capsys.readouterr().err
+    assert _no_runs(tmp_path)
+
+
+def test_missing_corpus_stops_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("STUDY_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path)
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    rc = run.main([SMOKE, "--set", f"tracking.results_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "corpus 'warpeace'" in err and "STUDY_DATA_DIR" in err
+    assert _no_runs(tmp_path / "r")
+
+
+def test_non_utf8_file_stops_before_any_run(tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok so far \xff\xfe and then not")
+    rc = run.main([SMOKE, "--set", f"tracking.results_dir={tmp_path / 'r'}",
+                   "--set", f"data.path={bad}", "--set", "ablation.datasets=[]"])
+    assert rc == 2 and "is not UTF-8 text" in capsys.readouterr().err
+    assert _no_runs(tmp_path / "r")
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    assert run.main([SMOKE, "--dry-run", "--set", f"tracking.results_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("hash") == 6 and "warpeace_input.txt" in out
+    assert _no_runs(tmp_path)
+
+
+@pytest.mark.parametrize("cell", ["peephole", "lstm", "fgr", "gru", "rnn", "lstm1997"])
+@pytest.mark.parametrize("inp", ["onehot", "embedding"])
+def test_count_params_matches_the_built_model(cell, inp):
+    from study.config import ModelConfig
+    from study.model import CharLM, count_params
+
+    m = ModelConfig(cell=cell, hidden_size=12, num_layers=3, input=inp, embedding_size=5)
+    assert count_params(m, 30) == CharLM(30, m).num_params()
+
+
+def test_grid_and_matched_widths_make_karpathy15s_rows():
+    from study.config import load
+    from study.model import count_params
+
+    cfg = load(ROOT / "configs" / "karpathy2015.yaml")
+    corpora = run.load_corpora(cfg)
+    plan = run.make_plan(cfg, corpora)
+    # 2 corpora × 3 cells × 3 depths × 4 widths
+    assert len(plan) == 72 and len({p.hash for p in plan}) == 72
+    by = {(p.dataset, p.variant, p.axes["model.num_layers"], p.axes["model.hidden_size"]): p
+          for p in plan}
+    for (ds, cell, L, H), p in by.items():
+        if cell == "lstm":
+            assert p.cfg.model.hidden_size == H  # the reference keeps its width
+            continue
+        ref = by[(ds, "lstm", L, H)]
+        V = corpora[ds].vocab_size
+        n, n_ref = count_params(p.cfg.model, V), count_params(ref.cfg.model, V)
+        assert abs(n - n_ref) / n_ref < 0.03, (cell, L, H, n, n_ref)
+    # an RNN layer has one block, an LSTM layer four: about twice as wide
+    assert by[("warpeace", "rnn", 2, 512)].cfg.model.hidden_size > 900
+    assert by[("warpeace", "rnn", 2, 512)].name.startswith("rnn-warpeace-num_layers2-")
