@@ -32,6 +32,7 @@ class Activation:
     pass keeps (usually y) and returns y; `value` and `grad` recover y and dy/da from it."""
 
     name = "?"
+    kernel = "identity"  # its name in study/_fused.c
 
     def apply_(self, a: Tensor) -> Tensor:
         raise NotImplementedError
@@ -51,6 +52,7 @@ class Activation:
 
 class Sigmoid(Activation):
     name = "σ"
+    kernel = "sigmoid"
 
     def apply_(self, a):
         return a.sigmoid_()
@@ -61,6 +63,7 @@ class Sigmoid(Activation):
 
 class Tanh(Activation):
     name = "tanh"
+    kernel = "tanh"
 
     def apply_(self, a):
         return a.tanh_()
@@ -83,6 +86,7 @@ class HardSigmoid(Activation):
     """max(0, min(1, 0.2·a + 0.5)), Theano's and classic Keras' recurrent-gate default."""
 
     name = "hard σ"
+    kernel = "hard"
 
     def apply_(self, a):
         return a.mul_(0.2).add_(0.5).clamp_(0.0, 1.0)
@@ -96,6 +100,7 @@ class BinaryStraightThrough(Activation):
     (straight-through estimator, Li18). Keeps the pre-activation a, not y."""
 
     name = "binary (STE)"
+    kernel = "binary"
 
     def apply_(self, a):
         return (a > 0).to(a.dtype)  # `a` itself stays as it is: it is what is kept
@@ -110,6 +115,8 @@ class BinaryStraightThrough(Activation):
 class ScaledSigmoid(Activation):
     """y = scale·σ(a) − shift: Hochreiter97's g(x) = 4σ(x) − 2 and h(x) = 2σ(x) − 1.
     With y = m·σ − m/2, dy/da = m·σ(1 − σ) = (m² − 4y²) / (4m)."""
+
+    kernel = "scaled"
 
     def __init__(self, m: float):
         self.m = m
@@ -202,6 +209,14 @@ class Cell:
 
     def init_bias(self, b: Tensor, forget_bias: float) -> None:
         """Set the forget-gate bias (Jozefowicz15); cells without one ignore it."""
+
+    def kernel_spec(self) -> dict | None:
+        """What study.fused needs to run this cell's step in C, or None: then the torch
+        code above runs. A cell whose equations the kernels do not cover returns None."""
+        return None
+
+    def _own_equations(self, family: type) -> bool:
+        return type(self).step is family.step and type(self).backward is family.backward
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,6 +375,24 @@ class LSTMFamily(Cell):
         if f is not None:
             f.fill_(forget_bias)
 
+    def kernel_spec(self):
+        if not self._own_equations(LSTMFamily):
+            return None
+        from study.fused import ACT, FORGET
+
+        def offset(n):
+            return self.blocks.index(n) * self.H if n in self.blocks else -1
+
+        def peep_row(n):
+            return self._peep_rows.index(n) if n in self._peep_rows else -1
+
+        return {"family": "lstm", "oi": offset("i"), "of": offset("f"), "oo": offset("o"),
+                "oz": offset("z"), "pi": peep_row("i"), "pf": peep_row("f"),
+                "po": peep_row("o"), "forget": FORGET[self.forget],
+                "sigma": ACT[self.sigma.kernel], "g": ACT[self.g.kernel],
+                "k": ACT[self.k.kernel], "gm": getattr(self.g, "m", 0.0),
+                "km": getattr(self.k, "m", 0.0), "fgr": int(self.gate_recurrence)}
+
 
 class Peephole(LSTMFamily):
     """Greff15's vanilla LSTM "V" (Gers00's peepholes with Gers99's forget gate): the
@@ -512,6 +545,9 @@ class GRU(Cell):
     def gate_values(self, kept, s):
         return {"r": kept[..., :self.H], "u": kept[..., self.H:2 * self.H]}
 
+    def kernel_spec(self):
+        return {"family": "gru"} if self._own_equations(GRU) else None
+
 
 class RNN(Cell):
     """The simple recurrent network of Karpathy15: h = tanh(W x + R h' + b)."""
@@ -527,6 +563,9 @@ class RNN(Cell):
 
     def gate_values(self, kept, s):
         return {}
+
+    def kernel_spec(self):
+        return {"family": "rnn"} if self._own_equations(RNN) else None
 
 
 CELLS: dict[str, type[Cell]] = {

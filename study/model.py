@@ -16,20 +16,22 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from study.cells import Cell, get_cell_class
 from study.config import ModelConfig
+from study.fused import kernel_for
 from study.scan import scan
 
 State = list[tuple[Tensor, Tensor | None]]  # per layer: (s (B, Hr), c (B, H) or None)
 
 
 class RecurrentLayer(nn.Module):
-    def __init__(self, cell: Cell, input_size: int, onehot: bool = False):
+    def __init__(self, cell: Cell, input_size: int, onehot: bool = False,
+                 engine: str = "auto"):
         super().__init__()
-        self.cell, self.onehot = cell, onehot
+        self.cell, self.onehot, self.engine = cell, onehot, engine
+        self._kernels: dict = {}
         GH = cell.G * cell.H
         self.W = nn.Parameter(torch.empty(input_size, GH))
         self.R = nn.Parameter(torch.empty(cell.state_size, GH))
@@ -39,20 +41,22 @@ class RecurrentLayer(nn.Module):
         mask = cell.recurrent_mask()
         self.register_buffer("R_mask", mask, persistent=False)
 
-    def project(self, x: Tensor) -> Tensor:
-        """x W + b for all steps at once: (T, B) ids or (T, B, in) -> (T, B, G·H)."""
-        if self.onehot:
-            return F.embedding(x, self.W) + self.b
-        T, B, n_in = x.shape
-        return torch.addmm(self.b, x.reshape(T * B, n_in), self.W).view(T, B, -1)
-
     def recurrent_weights(self) -> Tensor:
         return self.R if self.R_mask is None else self.R * self.R_mask
 
+    def kernel(self, dtype: torch.dtype, device: torch.device):
+        """The fused C step for this dtype and device, or None for the torch code."""
+        key = (dtype, device.type, self.engine)
+        if key not in self._kernels:
+            self._kernels[key] = kernel_for(self.cell, dtype, device, self.engine)
+        return self._kernels[key]
+
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor | None], keep: bool = False):
-        """Returns (S, C) or (S, C, K); see study.scan.scan."""
-        return scan(self.cell, self.project(x), self.recurrent_weights(), state[0], state[1],
-                    tuple(self.extra.values()), keep=keep)
+        """x: (T, B) ids when one-hot, else (T, B, in). Returns (S, C) or (S, C, K); see
+        study.scan.scan."""
+        return scan(self.cell, x, self.W, self.b, self.recurrent_weights(), state[0],
+                    state[1], tuple(self.extra.values()), onehot=self.onehot, keep=keep,
+                    kernel=self.kernel(self.W.dtype, self.W.device))
 
     def zero_state(self, batch_size: int) -> tuple[Tensor, Tensor | None]:
         s = self.W.new_zeros(batch_size, self.cell.state_size)
@@ -84,7 +88,7 @@ class CharLM(nn.Module):
         for layer in range(L):
             cell = cell_cls(H, truncated_gradient=cfg.truncated_gradient)
             onehot = layer == 0 and self.embedding is None
-            layers.append(RecurrentLayer(cell, in_size if layer == 0 else H, onehot))
+            layers.append(RecurrentLayer(cell, in_size if layer == 0 else H, onehot, cfg.engine))
         self.layers = nn.ModuleList(layers)
         self.dropout = nn.Dropout(cfg.dropout)
         self.decoder = nn.Linear(H, vocab_size)

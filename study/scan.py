@@ -1,24 +1,32 @@
 """The recurrence engine: one time loop, forward and backward, for every cell.
 
-Letters: T time, B batch, H hidden units, G pre-activation blocks, Hr recurrent width.
+Letters: T time, B batch, V vocabulary, H hidden units, G pre-activation blocks,
+Hr recurrent width, I input width.
 
-    S, C = scan(cell, xa, R, s0, c0, P)
+    S, C = scan(cell, x, W, b, R, s0, c0, P)
 
-xa (T, B, G·H) holds the input projections x W + b of all steps, computed by the caller
-in one matmul. Per step the engine does one GEMM, a = xa_t + s_{t−1} R, and lets the cell
-finish the step in place. It returns the whole state sequences S (T+1, B, Hr) and
-C (T+1, B, H) (index 0 is the initial state; C is empty for cells without a cell state),
-so a layer's output, its final state and the state at any step for truncated BPTT are
-views of them.
+x is (T, B, I) floats, or (T, B) token ids when `onehot` (then x W is a row lookup of
+W (V, G·H)). The engine writes the input projections of all steps, x W + b, with one
+matmul straight into its per-step buffer K (T, B, G·H); each step adds s_{t−1} R in place
+(one GEMM) and lets the cell finish the step, overwriting K[t] with what its backward
+needs. It returns the whole state sequences S (T+1, B, Hr) and C (T+1, B, H) (index 0 is
+the initial state; C is empty for cells without one), so a layer's output, its final
+state and the state at any step for truncated BPTT are views of them.
 
 The backward pass is written by hand: per step the cell's elementwise derivative and one
-GEMM, ds_{t−1} += da_t Rᵀ; after the loop the recurrent weight gradient is one large GEMM,
-dR = Σ_t s_{t−1}ᵀ da_t, and dL/dxa is returned whole so that autograd turns it into dW
-with one more. Storage: S, C and what the cell keeps per step (`cell.saved_size` wide).
-Without gradients nothing but the states is stored.
+GEMM, ds_{t−1} += da_t Rᵀ; after the loop the weight gradients are large GEMMs over all
+steps at once, dR = Σ_t s_{t−1}ᵀ da_t, dW = xᵀ dA, dx = dA Wᵀ.
+
+Inside `with single_backward():` (the training step), where the graph is back-propagated
+once, dA reuses K's memory when the step's code writes its gradient through scratch (the
+fused kernels): half the activation memory, and no second large buffer to fault in.
+Without gradients nothing but the states and the step buffer is stored.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import torch
 from torch import Tensor
@@ -26,51 +34,87 @@ from torch.autograd.function import once_differentiable
 
 from study.cells import Cell
 
+_LOCAL = threading.local()
 
-def scan(cell: Cell, xa: Tensor, R: Tensor, s0: Tensor, c0: Tensor | None,
-         P: tuple[Tensor, ...] = (), keep: bool = False):
-    """Run `cell` over xa. Returns (S, C), or (S, C, K) with keep=True, K (T, B, saved)
-    being what the cell kept per step (gate activations, for the probes)."""
+
+@contextlib.contextmanager
+def single_backward():
+    """Promise that graphs recorded inside are back-propagated once (no retain_graph), so
+    the backward pass may overwrite what the forward kept."""
+    before = getattr(_LOCAL, "single", False)
+    _LOCAL.single = True
+    try:
+        yield
+    finally:
+        _LOCAL.single = before
+
+
+def scan(cell: Cell, x: Tensor, W: Tensor, b: Tensor, R: Tensor, s0: Tensor,
+         c0: Tensor | None, P: tuple[Tensor, ...] = (), *, onehot: bool = False,
+         keep: bool = False, kernel=None):
+    """Run `cell` over x. Returns (S, C), or (S, C, K) with keep=True, K (T, B, saved)
+    being what the cell kept per step (gate activations, for the probes). `kernel`, from
+    study.fused.kernel_for, runs the cell's elementwise step in C."""
     if c0 is None:
-        c0 = xa.new_empty(0)
-    tensors = (xa, R, s0, c0, *P)
+        c0 = W.new_empty(0)
+    step = kernel or cell
+    tensors = (x, W, b, R, s0, c0, *P)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        S, C, K = _Scan.apply(cell, *tensors)
+        S, C, K = _Scan.apply(cell, step, onehot, keep, *tensors)
     else:
-        S, C, K = _forward(cell, xa, R, s0, c0, P, keep_all=keep)
+        S, C, K = _forward(cell, step, onehot, x, W, b, R, s0, c0, P, keep_all=keep)
     return (S, C, K) if keep else (S, C)
 
 
-def _forward(cell, xa, R, s0, c0, P, keep_all):
-    T, B, GH = xa.shape
-    S = xa.new_empty(T + 1, B, cell.state_size)
+def _project(onehot: bool, x: Tensor, W: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """out (T·B, G·H) = x W + b, in one matmul (or one row gather for one-hot input)."""
+    if onehot:
+        torch.index_select(W, 0, x.reshape(-1), out=out)
+        return out.add_(b)
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W, out=out)
+
+
+def _forward(cell, step, onehot, x, W, b, R, s0, c0, P, keep_all):
+    T, B = x.shape[0], x.shape[1]
+    GH = cell.G * cell.H
+    S = W.new_empty(T + 1, B, cell.state_size)
     S[0] = s0
-    C = xa.new_empty(T + 1, B, cell.H) if cell.has_cell_state else xa.new_empty(0)
+    C = W.new_empty(T + 1, B, cell.H) if cell.has_cell_state else W.new_empty(0)
     if cell.has_cell_state:
         C[0] = c0
-    K = xa.new_empty(T if keep_all else 1, B, cell.saved_size)
+    Ss, Cs = S.unbind(0), (C.unbind(0) if cell.has_cell_state else (None,) * (T + 1))
+    if not cell.split_recurrent:
+        # K holds x W + b; each step adds s' R in place and the cell finishes it there.
+        K = W.new_empty(T, B, GH)
+        _project(onehot, x, W, b, K.view(T * B, GH))
+        for t, k in enumerate(K.unbind(0)):
+            k.addmm_(Ss[t], R)
+            step.step(k, None, Ss[t], Cs[t], Ss[t + 1], Cs[t + 1], P)
+        return S, C, K
+    # cells that need s' R apart (GRU): keep x W + b apart too
+    XA = W.new_empty(T, B, GH)
+    _project(onehot, x, W, b, XA.view(T * B, GH))
+    K = W.new_empty(T if keep_all else 1, B, cell.saved_size)
     Ks = K.unbind(0) if keep_all else K.unbind(0) * T
-    Ss, xs = S.unbind(0), xa.unbind(0)
-    Cs = C.unbind(0) if cell.has_cell_state else (None,) * (T + 1)
-    split = cell.split_recurrent
-    ha = xa.new_empty(B, GH) if split else None
-    for t in range(T):
-        k = Ks[t]
-        if split:
-            torch.mm(Ss[t], R, out=ha)
-            k[:, :GH].copy_(xs[t])
-        else:
-            torch.addmm(xs[t], Ss[t], R, out=k)
-        cell.step(k, ha, Ss[t], Cs[t], Ss[t + 1], Cs[t + 1], P)
+    ha = W.new_empty(B, GH)
+    for t, xa in enumerate(XA.unbind(0)):
+        torch.mm(Ss[t], R, out=ha)
+        Ks[t][:, :GH].copy_(xa)
+        step.step(Ks[t], ha, Ss[t], Cs[t], Ss[t + 1], Cs[t + 1], P)
     return S, C, K
 
 
 class _Scan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell, xa, R, s0, c0, *P):
-        S, C, K = _forward(cell, xa, R, s0, c0, P, keep_all=True)
-        ctx.cell = cell
-        ctx.save_for_backward(R, S, C, K, *P)
+    def forward(ctx, cell, step, onehot, keep, x, W, b, R, s0, c0, *P):
+        # dA may reuse K's memory when the step writes its gradient through scratch and
+        # nobody else holds K
+        ctx.reuse_k = getattr(_LOCAL, "single", False) and not keep \
+            and getattr(step, "inplace_grad", False) and not cell.split_recurrent
+        S, C, K = _forward(cell, step, onehot, x, W, b, R, s0, c0, P, keep_all=True)
+        ctx.cell, ctx.step, ctx.onehot = cell, step, onehot
+        ctx.done = False
+        ctx.save_for_backward(x, W, R, S, C, K, *P)
         ctx.set_materialize_grads(False)
         if not cell.has_cell_state:
             ctx.mark_non_differentiable(C)
@@ -81,10 +125,16 @@ class _Scan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dS, dC, _dK):
         cell: Cell = ctx.cell
-        R, S, C, K, *P = ctx.saved_tensors
+        step = ctx.step
+        if ctx.reuse_k and ctx.done:
+            raise RuntimeError("this graph was recorded under study.scan.single_backward(), "
+                               "whose backward pass overwrites its buffers; it cannot run "
+                               "twice (record it outside single_backward to retain it)")
+        ctx.done = True
+        x, W, R, S, C, K, *P = ctx.saved_tensors
         T, B, _ = K.shape
         GH = cell.G * cell.H
-        dA = K.new_empty(T, B, GH)
+        dA = K if ctx.reuse_k else K.new_empty(T, B, GH)
         dHA = K.new_empty(T, B, GH) if cell.split_recurrent else dA
         Rt = R.t()
         Ss, Ks, dAs, dHAs = S.unbind(0), K.unbind(0), dA.unbind(0), dHA.unbind(0)
@@ -97,8 +147,8 @@ class _Scan(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             ds = ds_next if dSs is None else ds_next.add_(dSs[t + 1])
             dc = dc_next if dCs is None else (dc_next.add_(dCs[t + 1]) if has_c else None)
-            ds_direct, dc_next = cell.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1], Cs[t + 1],
-                                               P, dAs[t], dHAs[t])
+            ds_direct, dc_next = step.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1],
+                                               Cs[t + 1], P, dAs[t], dHAs[t])
             if cell.truncated_gradient:  # Hochreiter97: no error back through R
                 ds_next = ds_direct if ds_direct is not None else torch.zeros_like(ds)
             elif ds_direct is not None:
@@ -109,7 +159,18 @@ class _Scan(torch.autograd.Function):
         dc0 = None
         if has_c:
             dc0 = dc_next if dCs is None else dc_next.add_(dCs[0])
+        need = ctx.needs_input_grad  # (cell, step, onehot, keep, x, W, b, R, s0, c0, *P)
         Hr = S.shape[-1]
-        dR = torch.mm(S[:-1].reshape(T * B, Hr).t(), dHA.reshape(T * B, GH))
+        dA2 = dA.view(T * B, GH)
+        dR = torch.mm(S[:-1].reshape(T * B, Hr).t(), dHA.view(T * B, GH)) if need[7] else None
         dP = cell.param_grads(dA, dHA, S, C, P)
-        return (None, dA, dR, ds0, dc0, *dP)
+        db = dA2.sum(0) if need[6] else None
+        dx = dW = None
+        if ctx.onehot:
+            if need[5]:
+                dW = torch.zeros_like(W).index_add_(0, x.reshape(-1), dA2)
+        else:
+            x2 = x.reshape(T * B, -1)
+            dW = torch.mm(x2.t(), dA2) if need[5] else None
+            dx = torch.mm(dA2, W.t()).view(x.shape) if need[4] else None
+        return (None, None, None, None, dx, dW, db, dR, ds0, dc0, *dP)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from study import data
 from study.config import Config, to_dict
 from study.model import CharLM, detach_state, sample
+from study.scan import single_backward
 
 LN2 = math.log(2)
 
@@ -120,7 +121,8 @@ def train_step(model, opt, x, y, state, w: data.Window, cfg: Config):
     """One TBPTT update over window w of the (L, B) grids x, y. Returns (loss in nats/char
     of the new steps, grad norm before clipping, the carried state)."""
     xs = x[w.start:w.end]
-    logits, _, carry = model(xs, state, carry_at=w.carry - w.start)
+    with single_backward():  # back-propagated once, below: the engine may reuse buffers
+        logits, _, carry = model(xs, state, carry_at=w.carry - w.start)
     new = logits[w.new - w.start:]  # (k1, B, V)
     loss = F.cross_entropy(new.reshape(-1, new.shape[-1]), y[w.new:w.end].reshape(-1))
     opt.zero_grad(set_to_none=True)
@@ -193,6 +195,7 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
     device = pick_device(t.device)
     if t.threads is not None:
         torch.set_num_threads(t.threads)
+    torch.set_flush_denormal(t.flush_denormal)
     seed_everything(t.seed)
     model = CharLM(corpus.vocab_size, cfg.model).to(device)
     opt = make_optimizer(model, cfg)

@@ -4,16 +4,19 @@ float64 implementations of each variant's equations, and finite differences."""
 import pytest
 import torch
 
-from study.cells import CELLS, get_cell_class
+from study.cells import CELLS, LSTMFamily, get_cell_class
 from study.model import RecurrentLayer
+from study.scan import single_backward
 from tests import reference
 
 T, B, I, H = 6, 3, 5, 4
+ENGINES = ["fused", "torch"]  # "fused" is required here: a kernel that fails to build fails
 
 
-def make_layer(name, dtype=torch.float64, scale=0.5, seed=0, truncated=False):
+def make_layer(name, dtype=torch.float64, scale=0.5, seed=0, truncated=False, engine="fused"):
     torch.manual_seed(seed)
-    layer = RecurrentLayer(CELLS[name](H, truncated_gradient=truncated), I).to(dtype)
+    layer = RecurrentLayer(CELLS[name](H, truncated_gradient=truncated), I,
+                           engine=engine).to(dtype)
     for p in layer.parameters():
         torch.nn.init.uniform_(p, -scale, scale)
     return layer
@@ -53,11 +56,12 @@ def grads(layer, x, s0, c0, fn):
     return h, c, [torch.zeros_like(v) if d is None else d for v, d in zip(leaves, g, strict=True)]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", list(CELLS))
-def test_engine_matches_naive_reference_float64(name):
+def test_engine_matches_naive_reference_float64(name, engine):
     """Values and every gradient (input, initial states, all weights) agree with autograd
     through a naive one-equation-per-line implementation of the variant."""
-    layer = make_layer(name)
+    layer = make_layer(name, engine=engine)
     x, s0, c0 = inputs(layer)
     h1, c1, g1 = grads(layer, x, s0, c0, lambda: engine_outputs(layer, x, s0, c0))
     h2, c2, g2 = grads(layer, x, s0, c0, lambda: reference.run(name, layer, x, s0, c0))
@@ -68,11 +72,12 @@ def test_engine_matches_naive_reference_float64(name):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", [n for n in CELLS if n != "binary"])
-def test_engine_gradcheck(name):
+def test_engine_gradcheck(name, engine):
     """Finite differences in float64 through the engine path: inputs, initial states and
     all weights. (`binary` has a straight-through gradient by definition: tested below.)"""
-    layer = make_layer(name)
+    layer = make_layer(name, engine=engine)
     x, s0, c0 = inputs(layer)
     params = list(layer.parameters())
     leaves = [x, s0] + ([c0] if c0 is not None else [])
@@ -84,8 +89,9 @@ def test_engine_gradcheck(name):
     assert torch.autograd.gradcheck(fn, leaves + params, eps=1e-6, atol=1e-6)
 
 
-def test_lstm1997_truncated_gradient_detaches_exactly_the_recurrent_paths():
-    layer = make_layer("lstm1997", truncated=True)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_lstm1997_truncated_gradient_detaches_exactly_the_recurrent_paths(engine):
+    layer = make_layer("lstm1997", truncated=True, engine=engine)
     x, s0, c0 = inputs(layer)
     _, _, g1 = grads(layer, x, s0, c0, lambda: engine_outputs(layer, x, s0, c0))
     _, _, g2 = grads(layer, x, s0, c0,
@@ -93,14 +99,15 @@ def test_lstm1997_truncated_gradient_detaches_exactly_the_recurrent_paths():
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # and it really differs from the full gradient: h0 gets no error at all through R
-    full = make_layer("lstm1997")
+    full = make_layer("lstm1997", engine=engine)
     _, _, g3 = grads(full, x, s0, c0, lambda: engine_outputs(full, x, s0, c0))
     assert g1[1].abs().max() == 0 and g3[1].abs().max() > 0
     assert not torch.allclose(g1[0], g3[0])
 
 
-def test_binary_gates_are_exactly_zero_or_one_and_backward_is_straight_through():
-    layer = make_layer("binary", scale=2.0)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_binary_gates_are_exactly_zero_or_one_and_backward_is_straight_through(engine):
+    layer = make_layer("binary", scale=2.0, engine=engine)
     x, s0, c0 = inputs(layer)
     with torch.no_grad():
         S, C, K = layer(x, (s0, c0), keep=True)
@@ -135,13 +142,14 @@ def _copy_torch_weights(layer, m, idx=0):
             layer.b.copy_(ours(b_ih) + ours(b_hh))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", ["lstm", "gru"])
-def test_matches_torch_builtin_float32(name):
+def test_matches_torch_builtin_float32(name, engine):
     """Two stacked layers against nn.LSTM / nn.GRU(num_layers=2) with copied weights:
     outputs, final states and gradients (input, initial states, every weight) to 1e-5."""
     torch.manual_seed(0)
     ref = (torch.nn.LSTM if name == "lstm" else torch.nn.GRU)(I, H, num_layers=2)
-    layers = [RecurrentLayer(get_cell_class(name)(H), n_in) for n_in in (I, H)]
+    layers = [RecurrentLayer(get_cell_class(name)(H), n_in, engine=engine) for n_in in (I, H)]
     for k, layer in enumerate(layers):
         _copy_torch_weights(layer, ref, k)
     x = torch.randn(T, B, I, requires_grad=True)
@@ -197,13 +205,66 @@ def test_unknown_variant_lists_the_known_ones():
     assert "'lstn'" in msg and all(n in msg for n in CELLS)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", list(CELLS))
-def test_no_grad_path_equals_grad_path(name):
+def test_no_grad_path_equals_grad_path(name, engine):
     """Evaluation runs a leaner loop (nothing kept for backward): same numbers."""
-    layer = make_layer(name, dtype=torch.float32)
+    layer = make_layer(name, dtype=torch.float32, engine=engine)
     x, s0, c0 = inputs(layer, dtype=torch.float32)
     S1, C1 = layer(x, (s0, c0))
     with torch.no_grad():
         S2, C2 = layer(x, (s0, c0))
     torch.testing.assert_close(S1.detach(), S2, rtol=0, atol=0)
     torch.testing.assert_close(C1.detach(), C2, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_fused_kernels_equal_the_torch_code_float32(name):
+    """The C kernels and the torch code of study/cells.py, same weights, float32."""
+    out = []
+    for engine in ENGINES:
+        layer = make_layer(name, dtype=torch.float32, engine=engine)
+        x, s0, c0 = inputs(layer, dtype=torch.float32)
+        out.append(grads(layer, x, s0, c0, lambda l=layer, a=(x, s0, c0): engine_outputs(l, *a)))
+    (h1, c1, g1), (h2, c2, g2) = out
+    torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["peephole", "fgr", "gru", "rnn", "binary"])
+def test_single_backward_reuses_buffers_without_changing_gradients(name):
+    layer = make_layer(name, engine="fused")
+    x, s0, c0 = inputs(layer)
+    _, _, g1 = grads(layer, x, s0, c0, lambda: engine_outputs(layer, x, s0, c0))
+
+    def under_single_backward():
+        with single_backward():
+            return engine_outputs(layer, x, s0, c0)
+
+    _, _, g2 = grads(layer, x, s0, c0, under_single_backward)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_single_backward_graph_refuses_a_second_backward():
+    layer = make_layer("lstm", engine="fused")
+    x, s0, c0 = inputs(layer)
+    with single_backward():
+        h, _ = engine_outputs(layer, x, s0, c0)
+    h.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="single_backward"):
+        h.sum().backward()
+
+
+def test_every_registered_cell_has_a_kernel_and_a_changed_step_has_none():
+    for name, cls in CELLS.items():
+        assert cls(H).kernel_spec() is not None, name
+
+    class Changed(LSTMFamily):
+        def step(self, *args):  # new equations the C kernels do not know
+            return super().step(*args)
+
+    assert Changed(H).kernel_spec() is None
+    layer = RecurrentLayer(Changed(H), I)
+    assert layer.kernel(torch.float32, torch.device("cpu")) is None  # -> the torch code
