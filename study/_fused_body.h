@@ -133,10 +133,11 @@ void FN(lstm_fwd)(const Spec *sp, int B, REAL *a, int lda, const REAL *cp, REAL 
 /* ds = ds_a + ds_b (ds_b may be null): dL/ds_t, (B, lds). dc: (B, H), dL/dc_t in,
  * dL/dc_{t-1} out (dc_b, may be null, is added first). da: (B, ldd) out; it may be the
  * same memory as `kept`: each row is computed in scratch and copied out at its end.
- * scratch: 6H + the row width. */
+ * dc_total, when not null, receives dL/dc_t by every path (B, H). scratch: 6H + width. */
 void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds_a, const REAL *ds_b, int lds,
                   REAL *dc, const REAL *dc_b, const REAL *kept, int lda, const REAL *cp,
-                  const REAL *c, const REAL *peep, REAL *da, int ldd, REAL *scratch) {
+                  const REAL *c, const REAL *peep, REAL *da, int ldd, REAL *scratch,
+                  REAL *dc_total) {
     const int H = sp->H;
     const REAL gm = (REAL)sp->gm, km = (REAL)sp->km;
     REAL *kc = scratch, *dct = scratch + H, *dsr = scratch + 2 * H;
@@ -174,6 +175,10 @@ void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds_a, const REAL *ds_b, int
         if (ko && sp->po >= 0) {
             const REAL *p = peep + (long)sp->po * H;
             for (int j = 0; j < H; j++) dct[j] += d_o[j] * p[j];
+        }
+        if (dc_total) { /* dL/dc_t by every path, for the error-flow probe */
+            REAL *o = dc_total + (long)b * H;
+            for (int j = 0; j < H; j++) o[j] = dct[j];
         }
         /* c = f ⊙ c' + i ⊙ z */
         const REAL *vi = ki ? FN(act_val)(sp->sigma, ki, ti, H) : 0;

@@ -192,10 +192,12 @@ class Cell:
         s, c: outputs to fill; P: the extra parameters."""
         raise NotImplementedError
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha):
-        """Given ds = dL/ds_t and dc = dL/dc_t (totals; dc may be modified), fill
-        da = dL/d(xW + b) and, for `split_recurrent`, dha = dL/d(s'R); return (the direct
-        part of dL/ds_{t-1} or None, dL/dc_{t-1} or None). The engine adds dha·Rᵀ."""
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
+        """Given ds = dL/ds_t (total) and dc, the part of dL/dc_t that came from step t+1
+        (may be modified), fill da = dL/d(xW + b) and, for `split_recurrent`,
+        dha = dL/d(s'R); return (the direct part of dL/ds_{t-1} or None, dL/dc_{t-1} or
+        None). The engine adds dha·Rᵀ. dc_total, if given, receives dL/dc_t by every path
+        (for the error-flow probe)."""
         raise NotImplementedError
 
     def param_grads(self, dA, dHA, S, C, P) -> tuple[Tensor, ...]:
@@ -302,7 +304,7 @@ class LSTMFamily(Cell):
             for j, gate in enumerate((i, f, o if a_o is not None else None)):
                 s[:, (j + 1) * H:(j + 2) * H].copy_(gate)
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
         H = self.H
         dh = ds[:, :H]
         k_i, k_f, k_o, k_z = (self.block(kept, n) for n in ("i", "f", "o", "z"))
@@ -322,6 +324,8 @@ class LSTMFamily(Cell):
                 dc.addcmul_(d_o, self._peep(P, "o"))
         else:
             dc.add_(_times(dh.clone(), self.k.grad(kc)))
+        if dc_total is not None:
+            dc_total.copy_(dc)
         # c = f ⊙ c' + i ⊙ z
         if self.forget == "coupled":  # c = c' + i ⊙ (z − c')
             torch.sub(z, c_prev, out=d_i).mul_(dc)
@@ -528,7 +532,7 @@ class GRU(Cell):
         # h = (1 − u) ⊙ n + u ⊙ h' = n + u ⊙ (h' − n)
         torch.sub(s_prev, n, out=s).mul_(u).add_(n)
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
         H = self.H
         r, u, n, hn = (kept[:, j * H:(j + 1) * H] for j in range(4))
         d_r, d_u, d_n = (da[:, j * H:(j + 1) * H] for j in range(3))
@@ -557,7 +561,7 @@ class RNN(Cell):
     def step(self, a, ha, s_prev, c_prev, s, c, P):
         torch.tanh(a, out=s)
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
         torch.mul(s, s, out=da).neg_().add_(1).mul_(ds)
         return None, None
 

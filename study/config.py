@@ -113,6 +113,27 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ProbesConfig:
+    enabled: bool = opt(True, "analyse every run after training (saturation, units, error flow)")
+    every: int = opt(0, "also log saturation and unit scores every N epochs (0: at the end only)",
+                     lo=0)
+    chars: int = opt(100_000, "characters of the validation split the probes read", lo=1000)
+    streams: int = opt(20, "parallel streams the stretch is read in", lo=1)
+    warmup: int = opt(50, "steps at each stream's start left out of the statistics", lo=0)
+    left: float = opt(0.1, "a gate is left-saturated below this", lo=0.0, hi=1.0)
+    right: float = opt(0.9, "a gate is right-saturated above this", lo=0.0, hi=1.0)
+    gru_update: str = opt(
+        "pytorch", "GRU update gate shown as u (PyTorch: h = (1-u) n + u h') or as char-rnn's "
+        "1 - u", choices=("pytorch", "charrnn"))
+    concepts: list[str] = opt([], "concepts to score (empty: all in study.concepts.CONCEPTS)")
+    top_units: int = opt(3, "units per concept drawn as traces", lo=1)
+    trace_chars: int = opt(1500, "characters in each HTML trace (PNG: the first 600)", lo=50)
+    error_flow: bool = opt(True, "measure ‖dℓ_t/dh_(t-q)‖ and ‖dℓ_t/dc_(t-q)‖ against q")
+    error_flow_q: int = opt(200, "largest distance q", lo=1)
+    error_flow_batch: int = opt(32, "sequences the error flow is averaged over", lo=1)
+
+
+@dataclass(frozen=True)
 class AblationConfig:
     variants: list[str] = opt([], "cells to train (empty: model.cell)")
     datasets: list[str] = opt([], "corpora to train on (empty: data.corpus)")
@@ -131,6 +152,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
@@ -311,6 +333,15 @@ def _check_cross_field(cfg: Config, source: str) -> None:
         if len(s) != 3 or min(s) < 0 or abs(sum(s) - 1) > 1e-6 or s[0] == 0 or s[1] == 0:
             raise ConfigError(f"{source}: data.splits = {s} must be three fractions "
                               "train/val/test summing to 1, train and val > 0")
+    if cfg.probes.left >= cfg.probes.right:
+        raise ConfigError(f"{source}: probes.left = {cfg.probes.left} must be below "
+                          f"probes.right = {cfg.probes.right}")
+    from study.concepts import CONCEPTS
+
+    for name in cfg.probes.concepts:
+        if name not in CONCEPTS:
+            raise ConfigError(f"{source}: unknown concept {name!r} in probes.concepts; known: "
+                              f"{', '.join(CONCEPTS)}")
     if cfg.train.k1 is not None and cfg.train.k1 > cfg.train.seq_len:
         raise ConfigError(f"{source}: train.k1 = {cfg.train.k1} must be <= train.seq_len = "
                           f"{cfg.train.seq_len} (k2, the steps back-propagated)")

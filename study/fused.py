@@ -107,7 +107,7 @@ def load() -> ctypes.CDLL | None:
         for sfx in ("_f32", "_f64"):
             getattr(lib, "lstm_fwd" + sfx).argtypes = [ptr, i, ptr, i, ptr, ptr, ptr, i, ptr, ptr]
             getattr(lib, "lstm_bwd" + sfx).argtypes = [ptr, i, ptr, ptr, i, ptr, ptr, ptr, i, ptr,
-                                                       ptr, ptr, ptr, i, ptr]
+                                                       ptr, ptr, ptr, i, ptr, ptr]
             getattr(lib, "gru_fwd" + sfx).argtypes = [i, i, ptr, ptr, ptr, ptr, ptr]
             getattr(lib, "gru_bwd" + sfx).argtypes = [i, i, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
             getattr(lib, "rnn_bwd" + sfx).argtypes = [i, ptr, ptr, ptr, ptr]
@@ -170,10 +170,11 @@ class LSTMKernel:
                  c.data_ptr(), s.data_ptr(), s.stride(0), _p(P[0] if P else None),
                  self._scratch(a))
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
         self.bwd(self.ref, ds.shape[0], ds.data_ptr(), None, ds.stride(0), dc.data_ptr(), None,
                  kept.data_ptr(), kept.stride(0), c_prev.data_ptr(), c.data_ptr(),
-                 _p(P[0] if P else None), da.data_ptr(), da.stride(0), self._scratch(da))
+                 _p(P[0] if P else None), da.data_ptr(), da.stride(0), self._scratch(da),
+                 _p(dc_total))
         return None, dc
 
 
@@ -186,7 +187,7 @@ class GRUKernel:
         self.fwd(a.shape[0], self.H, a.data_ptr(), ha.data_ptr(), s_prev.data_ptr(),
                  s.data_ptr(), P[0].data_ptr())
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
         ds_prev = torch.empty_like(ds)
         self.bwd(ds.shape[0], self.H, ds.data_ptr(), None, kept.data_ptr(), s_prev.data_ptr(),
                  da.data_ptr(), dha.data_ptr(), ds_prev.data_ptr())
@@ -203,7 +204,7 @@ class RNNKernel:
     def step(self, a, ha, s_prev, c_prev, s, c, P):
         torch.tanh(a, out=s)  # one operation already
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
         self.bwd(ds.numel(), ds.data_ptr(), None, s.data_ptr(), da.data_ptr())
         return None, None
 

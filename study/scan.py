@@ -49,6 +49,32 @@ def single_backward():
         _LOCAL.single = before
 
 
+class StateGradRecorder:
+    """Per scan call (layers in forward order), the norms of the total gradients the
+    backward pass carries: h[layer][t] = ‖dL/dh_t‖ and c[layer][t] = ‖dL/dc_t‖, one value
+    per batch row (the error-flow probe of study.probes)."""
+
+    def __init__(self):
+        self.h: list[dict[int, Tensor]] = []
+        self.c: list[dict[int, Tensor]] = []
+
+    def slot(self) -> int:
+        self.h.append({})
+        self.c.append({})
+        return len(self.h) - 1
+
+
+@contextlib.contextmanager
+def record_state_grads():
+    """Record, in the backward passes of scans run inside, the gradient norms per step."""
+    before = getattr(_LOCAL, "recorder", None)
+    _LOCAL.recorder = rec = StateGradRecorder()
+    try:
+        yield rec
+    finally:
+        _LOCAL.recorder = before
+
+
 def scan(cell: Cell, x: Tensor, W: Tensor, b: Tensor, R: Tensor, s0: Tensor,
          c0: Tensor | None, P: tuple[Tensor, ...] = (), *, onehot: bool = False,
          keep: bool = False, kernel=None):
@@ -114,6 +140,8 @@ class _Scan(torch.autograd.Function):
         S, C, K = _forward(cell, step, onehot, x, W, b, R, s0, c0, P, keep_all=True)
         ctx.cell, ctx.step, ctx.onehot = cell, step, onehot
         ctx.done = False
+        ctx.recorder = getattr(_LOCAL, "recorder", None)
+        ctx.slot = ctx.recorder.slot() if ctx.recorder is not None else None
         ctx.save_for_backward(x, W, R, S, C, K, *P)
         ctx.set_materialize_grads(False)
         if not cell.has_cell_state:
@@ -147,8 +175,14 @@ class _Scan(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             ds = ds_next if dSs is None else ds_next.add_(dSs[t + 1])
             dc = dc_next if dCs is None else (dc_next.add_(dCs[t + 1]) if has_c else None)
+            dc_total = None
+            if ctx.recorder is not None:
+                ctx.recorder.h[ctx.slot][t] = ds[:, :cell.H].norm(dim=1)
+                dc_total = torch.empty_like(dc) if has_c else None
             ds_direct, dc_next = step.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1],
-                                               Cs[t + 1], P, dAs[t], dHAs[t])
+                                               Cs[t + 1], P, dAs[t], dHAs[t], dc_total)
+            if dc_total is not None:
+                ctx.recorder.c[ctx.slot][t] = dc_total.norm(dim=1)
             if cell.truncated_gradient:  # Hochreiter97: no error back through R
                 ds_next = ds_direct if ds_direct is not None else torch.zeros_like(ds)
             elif ds_direct is not None:

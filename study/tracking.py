@@ -131,6 +131,16 @@ class RunTracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
+    def log_series(self, points: list[tuple[str, float, int]]) -> None:
+        """Many (key, value, step) points in few requests."""
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v, step in points]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_artifacts(self, folder: str | Path, name: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), name)
+
     def log_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 

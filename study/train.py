@@ -48,6 +48,8 @@ class Result:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     num_params: int = 0
+    probes: dict = field(default_factory=dict)  # the probes' summary metrics
+    model: CharLM | None = None  # the best-validation model, for callers that go on
 
 
 class NullTracker:
@@ -63,6 +65,12 @@ class NullTracker:
         pass
 
     def log_artifact(self, path, folder=None):
+        pass
+
+    def log_artifacts(self, folder, name=None):
+        pass
+
+    def log_series(self, points):
         pass
 
     def set_tags(self, tags):
@@ -277,6 +285,8 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
         if t.sample_chars:
             tracker.log_text(_sample_text(model, corpus, t.sample_chars, t.seed + epoch),
                              f"samples/epoch_{epoch:03d}.txt")
+        if cfg.probes.enabled and cfg.probes.every and epoch % cfg.probes.every == 0:
+            _probe(model, corpus, cfg, tracker, device, step=epoch, full=False)
         print(f"epoch {epoch:3d}  train {train_loss:.4f}  val {val:.4f} nats/char "
               f"({val / LN2:.4f} bits/char)  {chars_per_epoch / train_seconds:,.0f} chars/s  "
               f"{seconds:.1f} s", file=sys.stderr)
@@ -301,7 +311,32 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
     tracker.log_metrics({"test_nats_per_char": res.test, "test_bits_per_char": res.test / LN2,
                          "best_val_nats_per_char": res.best_val, "best_epoch": res.best_epoch,
                          "epochs_trained": res.epochs})
+    if cfg.probes.enabled:
+        res.probes = _probe(model, corpus, cfg, tracker, device, full=True)
+    res.model = model
+    res.seconds = time.perf_counter() - t0  # the whole run: training, test and probes
+    tracker.log_metrics({"run_seconds": res.seconds})
     return res
+
+
+def _probe(model, corpus, cfg: Config, tracker, device, step=None, full=True) -> dict:
+    """Run the probes; a failure is reported on the run, not allowed to lose the training."""
+    from study.probes import run_probes
+
+    title = f"{cfg.model.cell} on {corpus.name}"
+    init = None
+    if full and cfg.probes.error_flow:  # the same initial weights, rebuilt from the seed
+        seed_everything(cfg.train.seed)
+        init = CharLM(corpus.vocab_size, cfg.model).to(device)
+    try:
+        return run_probes(model, corpus, cfg.probes, tracker, title, init_model=init,
+                          step=step, full=full)
+    except Exception as e:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        tracker.set_tags({"probe_error": f"{type(e).__name__}: {e}"[:5000]})
+        return {}
 
 
 def _sample_text(model: CharLM, corpus: data.Corpus, n: int, seed: int) -> str:

@@ -19,9 +19,9 @@ def binary_gate(a):
     return hard + ((a > 0).to(a.dtype) - hard).detach()
 
 
-def run(name, layer, x, s0, c0, truncated=False):
+def run(name, layer, x, s0, c0, truncated=False, steps=False):
     """Unroll variant `name` over x (T, B, in) with the layer's parameters.
-    Returns h (T, B, H), and c (T, B, H) or None."""
+    Returns h (T, B, H), and c (T, B, H) or None; with steps=True the per-step lists."""
     cell = layer.cell
     H = cell.H
     W, R, b = layer.W, layer.recurrent_weights(), layer.b
@@ -131,4 +131,6 @@ def run(name, layer, x, s0, c0, truncated=False):
         s = torch.cat([h, i, f, o], 1) if name == "fgr" else h
         hs.append(h)
         cs.append(c)
+    if steps:
+        return hs, cs
     return torch.stack(hs), (torch.stack(cs) if cs else None)

@@ -72,6 +72,61 @@ def test_smoke_ablation_leaves_parent_and_child_runs(smoke):
     assert "test nats/char" in Path(summary).read_text()
 
 
+def test_smoke_runs_carry_the_probes(smoke):
+    client = client_for(smoke)
+    exp = client.get_experiment_by_name("smoke")
+    for c in client.search_runs([exp.experiment_id], "tags.kind = 'train'"):
+        probes = {a.path for a in client.list_artifacts(c.info.run_id, "probes")}
+        assert {"probes/saturation.csv", "probes/saturation.png", "probes/unit_scores.csv",
+                "probes/best_units.csv", "probes/error_flow.csv", "probes/error_flow.png",
+                "probes/traces"} <= probes, probes
+        traces = {a.path for a in client.list_artifacts(c.info.run_id, "probes/traces")}
+        assert "probes/traces/index.html" in traces and any(p.endswith(".png") for p in traces)
+        m = c.data.metrics
+        assert 0 < m["probe_seconds"] < 60
+        assert "unit.line_position.score" in m
+        # concepts absent from the probed text (no comments in War and Peace) are not scored
+        expect = "unit.in_quotes.score" if c.data.tags["dataset"] == "warpeace" \
+            else "unit.in_comment.score"
+        assert expect in m
+        gates = {"i", "f", "o"} if c.data.tags["variant"] != "gru" else {"r", "u"}
+        for g in gates:
+            assert 0 <= m[f"sat.L1.{g}.left_mean"] <= 1
+        flow = client.get_metric_history(c.info.run_id, "errflow.h.L1")
+        assert sorted(p.step for p in flow) == list(range(41))
+        assert client.get_metric_history(c.info.run_id, "errflow_init.h.L2")
+        assert c.data.tags["unit.line_position"].startswith("layer ")
+
+
+def test_inspect_rerenders_traces_from_a_logged_run(smoke, tmp_path, capsys):
+    from study import inspect
+
+    client = client_for(smoke)
+    exp = client.get_experiment_by_name("smoke")
+    run_ = client.search_runs([exp.experiment_id],
+                              "tags.kind = 'train' and tags.variant = 'lstm' "
+                              "and tags.dataset = 'warpeace'")[0]
+    uri = tracking_uri(TrackingConfig(results_dir=str(smoke)))
+    rid = run_.info.run_id
+    assert inspect.main([rid, "--tracking-uri", uri, "--out", str(tmp_path / "a"),
+                         "--concept", "in_quotes", "--top", "2", "--chars", "3000"]) == 0
+    assert (tmp_path / "a" / "index.html").is_file()
+    assert len(list((tmp_path / "a").glob("in_quotes_*.html"))) == 2
+    text = tmp_path / "t.txt"
+    text.write_text('"Well, Prince," said he.\nAnd so on.\n' * 20)
+    assert inspect.main([rid, "--tracking-uri", uri, "--out", str(tmp_path / "b"),
+                         "--unit", "2:5", "--text", str(text), "--log"]) == 0
+    page = (tmp_path / "b" / "unit_L2c5.html").read_text()
+    assert ">P</span>" in page and ">W</span>" in page and "rgb(" in page
+    assert {a.path for a in client.list_artifacts(rid, "inspect")} >= {"inspect/unit_L2c5.html"}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\u4e2d\u6587")
+    assert inspect.main([rid, "--tracking-uri", uri, "--text", str(bad)]) == 2
+    assert "never saw" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="layers are 1..2"):
+        inspect.main([rid, "--tracking-uri", uri, "--unit", "3:1", "--out", str(tmp_path)])
+
+
 def test_rerun_skips_finished_configs(smoke, capsys):
     client = client_for(smoke)
     exp = client.get_experiment_by_name("smoke")

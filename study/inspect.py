@@ -1,0 +1,140 @@
+"""`python -m study.inspect RUN_ID`: re-render unit traces from a logged run's checkpoint.
+
+    python -m study.inspect RUN_ID                          # best units of every concept
+    python -m study.inspect RUN_ID --concept in_quotes      # the best units of one concept
+    python -m study.inspect RUN_ID --unit 2:37 --text f.txt # one unit (layer:index[:c|h])
+
+The model is rebuilt from the run's checkpoint artifact (its config and vocabulary travel
+with it); the text is the run's validation split unless --text names a UTF-8 file.
+Traces are written under --out (default results/inspect/RUN_ID/) and, with --log, added
+to the run's artifacts under inspect/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import webbrowser
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from study import config as config_mod
+from study.concepts import CONCEPTS
+from study.data import DataError, load_corpus, read_text
+from study.model import CharLM
+from study.probes import read, trace_html, unit_scores, write_traces
+
+
+class Vocabulary:
+    def __init__(self, chars: str):
+        self.chars, self.index = chars, {c: i for i, c in enumerate(chars)}
+
+    def encode(self, text: str) -> torch.Tensor:
+        missing = sorted({c for c in text if c not in self.index})
+        if missing:
+            raise DataError(f"the text has {len(missing)} characters the model never saw: "
+                            f"{''.join(missing[:20])!r}; use a text from the run's corpus")
+        return torch.tensor([self.index[c] for c in text], dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def load_run(run_id: str, tracking_uri: str | None = None):
+    """(model, config, vocabulary, client) from a run's checkpoint/best.pt artifact."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from study.tracking import tracking_uri as default_uri
+
+    client = MlflowClient(tracking_uri or default_uri(config_mod.TrackingConfig()))
+    try:
+        path = client.download_artifacts(run_id, "checkpoint/best.pt")
+    except MlflowException as e:
+        raise SystemExit(f"error: run {run_id}: no checkpoint/best.pt artifact ({e.message}); "
+                         "is the run finished, and is the tracking URI right?") from None
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = config_mod.from_dict({k: v for k, v in ck["config"].items()})
+    model = CharLM(len(ck["vocab"]), cfg.model)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, cfg, Vocabulary(ck["vocab"]), client
+
+
+def parse_unit(spec: str, model: CharLM) -> tuple[int, int, str]:
+    parts = spec.split(":")
+    try:
+        layer, index = int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        raise SystemExit(f"error: --unit {spec!r}: expected LAYER:INDEX[:c|h], e.g. 2:37") from None
+    default = "c" if model.cell.has_cell_state else "h"
+    state = parts[2] if len(parts) > 2 else default
+    L, H = len(model.layers), model.cfg.hidden_size
+    if not 1 <= layer <= L or not 0 <= index < H or state not in ("c", "h") or \
+            (state == "c" and not model.cell.has_cell_state):
+        raise SystemExit(f"error: --unit {spec!r}: layers are 1..{L}, units 0..{H - 1}, state "
+                         f"{'c or h' if model.cell.has_cell_state else 'h'}")
+    return layer, index, state
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.inspect", description=__doc__.split("\n")[0])
+    p.add_argument("run_id")
+    p.add_argument("--text", help="a UTF-8 file to draw over (default: the validation split)")
+    p.add_argument("--unit", help="LAYER:INDEX[:c|h], layers from 1; c is tanh(c)")
+    p.add_argument("--concept", choices=sorted(CONCEPTS), help="draw this concept's best units")
+    p.add_argument("--chars", type=int, default=20000, help="characters read (and scored)")
+    p.add_argument("--trace-chars", type=int, default=1500, help="characters drawn per trace")
+    p.add_argument("--top", type=int, default=3, help="units per concept")
+    p.add_argument("--out", help="folder for the traces (default results/inspect/RUN_ID)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default as study.run's)")
+    p.add_argument("--log", action="store_true", help="also log the traces to the run")
+    p.add_argument("--open", action="store_true", help="open index.html in a browser")
+    args = p.parse_args(argv)
+
+    model, cfg, vocab, client = load_run(args.run_id, args.tracking_uri)
+    try:
+        if args.text:
+            ids = vocab.encode(read_text(Path(args.text))[:args.chars])
+        else:
+            corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")
+            ids = corpus.splits["val"][:args.chars]
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    probe_cfg = replace(cfg.probes, streams=1, warmup=min(cfg.probes.warmup, len(ids) // 10),
+                        top_units=args.top, trace_chars=args.trace_chars)
+    acts = read(model, ids, vocab.decode, probe_cfg)
+    out = Path(args.out or Path(cfg.tracking.results_dir) / "inspect" / args.run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{cfg.model.cell} on {cfg.data.corpus} (run {args.run_id[:8]})"
+    if args.unit:
+        layer, index, state = parse_unit(args.unit, model)
+        vals = acts.states[(layer, state)][:, index].astype(np.float32)
+        n = min(len(acts.text), args.trace_chars)
+        label = f"layer {layer} {'tanh(c)' if state == 'c' else 'h'}[{index}]"
+        page = out / f"unit_L{layer}{state}{index}.html"
+        page.write_text(trace_html(acts.text[:n], vals[:n], f"{title}: {label}"),
+                        encoding="utf-8")
+        pages = [page]
+    else:
+        scores = unit_scores(acts, [args.concept] if args.concept else None)
+        links = write_traces(acts, scores, out, probe_cfg, title)
+        for e in links:
+            print(f"  {e['concept']:16s} #{e['rank']} {e['unit']}")
+        pages = [out / "index.html"]
+    for page in pages:
+        print(f"wrote {page}")
+    if args.log:
+        client.log_artifacts(args.run_id, str(out), "inspect")
+        print(f"logged to run {args.run_id} under inspect/")
+    if args.open:
+        webbrowser.open(pages[0].resolve().as_uri())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

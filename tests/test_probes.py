@@ -1,0 +1,251 @@
+"""Probes: concepts on handcrafted strings, planted units found, exact saturation, and the
+error flow against explicit differentiation."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from study import concepts, probes
+from study.config import ModelConfig, ProbesConfig
+from study.model import CharLM
+from tests import reference
+
+
+def bits(a) -> str:
+    return "".join(str(int(v)) for v in a)
+
+
+# ---------------------------------------------------------------------------------------
+# concepts
+
+
+def test_quotes_and_line_position():
+    text = 'say "hi"\nok "a\nb" x'
+    assert bits(concepts.in_quotes(text)) == "0000111000001111000"
+    assert concepts.line_position(text).tolist() == \
+        [1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4]
+    assert concepts.line_position("ab\ncd\r\ne").tolist() == [1, 2, 0, 1, 2, 3, 0, 1]
+
+
+@pytest.mark.parametrize("src,comment,string", [
+    # a block comment holding a line comment and a string: all comment, no string
+    ('a /* x // "y" */ b', "001111111111111100", "000000000000000000"),
+    # a line comment holding a block-comment opener ends at the newline
+    ("a // b /* c\nd", "0011111111100", "0000000000000"),
+    # comment markers inside a string are string, not comment
+    ('s = "/* no */";', "000000000000000", "000011111111100"),
+    # an escaped quote does not end the string; a quote in a char literal starts none
+    ('"a\\"b" c \'"\' d', "00000000000000", "11111000000000"),
+    # C comments do not nest: the first */ closes
+    ("/* a /* b */ c */", "11111111111100000", "00000000000000000"),
+])
+def test_c_lexer_on_handcrafted_strings(src, comment, string):
+    assert bits(concepts.in_comment(src)) == comment
+    assert bits(concepts.in_string(src)) == string
+
+
+def test_depths_if_condition_and_indentation():
+    src = "if (a(b)) {\n\tx = (1);\n}"
+    assert bits(concepts.paren_depth(src)) == "00011221000000000110000"
+    assert bits(concepts.brace_depth(src)) == "00000000001111111111110"
+    assert bits(concepts.in_if_condition(src)) == "00011111000000000000000"
+    assert concepts.indentation("ab\n\t  x\n    y").tolist() == \
+        [0, 0, 0, 10, 10, 10, 10, 10, 4, 4, 4, 4, 4]
+    # `if` must be a word: no condition in elif_(x) or gif(x)
+    assert not concepts.in_if_condition("gif(x); elif_(y)").any()
+
+
+def test_every_concept_is_registered_with_a_kind():
+    assert set(concepts.CONCEPTS) >= {"in_quotes", "line_position", "in_comment", "in_string",
+                                      "brace_depth", "paren_depth", "indentation",
+                                      "in_if_condition"}
+    for c in concepts.CONCEPTS.values():
+        assert c.kind in ("binary", "continuous") and c.about
+
+
+# ---------------------------------------------------------------------------------------
+# planted units
+
+
+def synthetic_prose(n_lines=80, seed=0) -> str:
+    rng = random.Random(seed)
+    words = ["the", "old", "prince", "said", "well", "and", "war", "peace", "she"]
+    lines, quoted = [], False
+    for _ in range(n_lines):
+        line = []
+        for _ in range(rng.randint(3, 12)):
+            w = rng.choice(words)
+            if rng.random() < 0.12:
+                w = '"' + w
+                quoted = not quoted
+            line.append(w)
+        lines.append(" ".join(line))
+    text = "\n".join(lines) + "\n"
+    return text
+
+
+def planted_model(vocab: str):
+    """An LSTM whose unit 0 counts characters since the last newline and whose unit 1
+    flips sign at every double quote; units 2.. are random."""
+    H, V = 6, len(vocab)
+    torch.manual_seed(0)
+    model = CharLM(V, ModelConfig(cell="lstm", hidden_size=H, num_layers=1))
+    layer = model.layers[0]
+    nl, q = vocab.index("\n"), vocab.index('"')
+    with torch.no_grad():
+        for p in (layer.W, layer.R, layer.b):
+            p.uniform_(-0.5, 0.5)
+
+        def col(gate, unit):
+            return layer.cell.blocks.index(gate) * H + unit
+
+        for unit in (0, 1):
+            for gate in "ifoz":
+                layer.W[:, col(gate, unit)] = 0
+                layer.R[:, col(gate, unit)] = 0
+                layer.b[col(gate, unit)] = 0
+        # unit 0: c += 0.02 per character, reset at a newline
+        layer.b[col("i", 0)], layer.b[col("o", 0)] = 10, 10
+        layer.b[col("f", 0)], layer.W[nl, col("f", 0)] = 10, -20
+        layer.b[col("z", 0)], layer.W[nl, col("z", 0)] = 0.02, -0.02
+        # unit 1: at a quote, forget and write z = −sign(h') (first quote: +1)
+        layer.b[col("i", 1)], layer.W[q, col("i", 1)] = -10, 20
+        layer.b[col("f", 1)], layer.W[q, col("f", 1)] = 10, -20
+        layer.b[col("z", 1)], layer.R[1, col("z", 1)] = 3, -20
+        layer.b[col("o", 1)] = 10
+    return model
+
+
+def test_planted_units_are_ranked_first():
+    text = synthetic_prose()
+    vocab = "".join(sorted(set(text)))
+    model = planted_model(vocab)
+    ids = torch.tensor([vocab.index(c) for c in text])
+    acts = probes.read(model, ids, lambda t: "".join(vocab[int(i)] for i in t),
+                       ProbesConfig(streams=1, warmup=0))
+    scores = probes.unit_scores(acts, ["line_position", "in_quotes"])
+    best = probes.best_units(scores, 1).set_index("concept")
+    assert best.loc["line_position", "unit"] == 0 and best.loc["line_position", "score"] > 0.9
+    assert best.loc["in_quotes", "unit"] == 1 and best.loc["in_quotes", "score"] > 0.99
+    # ahead of every other unit (which read the flip-flop through R and partly mirror it)
+    for concept, unit in (("line_position", 0), ("in_quotes", 1)):
+        sub = scores[scores.concept == concept]
+        assert sub[sub.unit == unit].score.max() > sub[sub.unit != unit].score.max() + 0.02
+
+
+def test_saturation_fractions_of_a_hand_set_gate_are_exact():
+    vocab = "abc"
+    text = "aabcbaaacb" * 7
+    model = CharLM(3, ModelConfig(cell="lstm", hidden_size=2, num_layers=1))
+    layer = model.layers[0]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        f0 = layer.cell.blocks.index("f") * 2
+        layer.W[0, f0], layer.W[1, f0] = 10, -10  # 'a' opens the gate, 'b' closes it
+    ids = torch.tensor([vocab.index(c) for c in text])
+    acts = probes.read(model, ids, lambda t: "".join(vocab[int(i)] for i in t),
+                       ProbesConfig(streams=1, warmup=0))
+    table = probes.saturation_table(acts).set_index(["gate", "unit"])
+    assert table.loc[("f", 0), "frac_right"] == pytest.approx(text.count("a") / len(text))
+    assert table.loc[("f", 0), "frac_left"] == pytest.approx(text.count("b") / len(text))
+    for gate in ("i", "o"):  # σ(0) = 0.5: never saturated
+        assert table.loc[(gate, 0), "frac_right"] == 0 == table.loc[(gate, 0), "frac_left"]
+    m = probes.saturation_metrics(probes.saturation_table(acts))
+    assert m["sat.L1.f.units_right_gt50pct"] == 0 and m["sat.L1.i.right_mean"] == 0
+
+
+def test_binary_gates_show_saturation_by_construction():
+    text = synthetic_prose(20)
+    vocab = "".join(sorted(set(text)))
+    torch.manual_seed(0)
+    model = CharLM(len(vocab), ModelConfig(cell="binary", hidden_size=8, num_layers=1,
+                                           init_range=1.0))
+    ids = torch.tensor([vocab.index(c) for c in text])
+    acts = probes.read(model, ids, lambda t: "".join(vocab[int(i)] for i in t),
+                       ProbesConfig(streams=1, warmup=0))
+    table = probes.saturation_table(acts)
+    np.testing.assert_allclose(table.frac_left + table.frac_right, 1.0)
+
+
+def test_gru_update_gate_convention_is_selectable():
+    text = synthetic_prose(10)
+    vocab = "".join(sorted(set(text)))
+    torch.manual_seed(0)
+    model = CharLM(len(vocab), ModelConfig(cell="gru", hidden_size=8, num_layers=1,
+                                           init_range=2.0))
+    ids = torch.tensor([vocab.index(c) for c in text])
+
+    def sat(conv):
+        acts = probes.read(model, ids, lambda t: "".join(vocab[int(i)] for i in t),
+                           ProbesConfig(streams=1, warmup=0, gru_update=conv))
+        return probes.saturation_table(acts)
+
+    a, b = sat("pytorch"), sat("charrnn")
+    assert set(a.gate) == {"r", "u"} and set(b.gate) == {"r", "z (char-rnn: 1-u)"}
+    u, z = a[a.gate == "u"], b[b.gate != "r"]
+    np.testing.assert_allclose(u.frac_left.values, z.frac_right.values)  # z = 1 − u
+
+
+# ---------------------------------------------------------------------------------------
+# error flow
+
+
+@pytest.mark.parametrize("engine", ["fused", "torch"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+def test_error_flow_equals_explicit_differentiation(cell, engine):
+    V, H, q_max, batch, warm = 7, 5, 9, 3, 4
+    torch.manual_seed(0)
+    model = CharLM(V, ModelConfig(cell=cell, hidden_size=H, num_layers=2, init_range=0.5,
+                                  engine=engine))
+    model.double()
+    ids = torch.randint(0, V, (200,))
+    flow = probes.error_flow(model, ids, q_max, batch, warmup=warm)
+    # the same windows, unrolled naively, each step's h and c kept for autograd
+    span = warm + q_max + 2
+    starts = np.linspace(0, max(0, len(ids) - span - 1), batch).astype(int)
+    seqs = torch.stack([ids[s:s + span] for s in starts], 1)
+    with torch.no_grad():
+        _, state, _ = model(seqs[:warm])
+    inp = F.one_hot(seqs[warm:warm + q_max + 1], V).double()
+    per_layer = []
+    for layer, (s0, c0) in zip(model.layers, state, strict=True):
+        hs, cs = reference.run(cell, layer, inp, s0, c0, steps=True)
+        for t in hs + cs:
+            t.retain_grad()
+        per_layer.append((hs, cs))
+        inp = torch.stack(hs)
+    logits = model.decoder(inp[-1])
+    F.cross_entropy(logits, seqs[warm + q_max + 1], reduction="sum").backward()
+    for l, (hs, cs) in enumerate(per_layer, 1):
+        for kind, steps in (("h", hs), ("c", cs)):
+            if not steps:
+                continue
+            want = [steps[-1 - q].grad.norm(dim=1).mean().item() for q in range(q_max + 1)]
+            got = flow[(flow.layer == l) & (flow.state == kind)].sort_values("q").grad_norm
+            np.testing.assert_allclose(got.values, want, rtol=1e-9, atol=1e-12)
+
+
+def test_rnn_error_flow_decays_faster_than_lstm_after_training(tmp_path):
+    from study import config, data, train
+
+    p = tmp_path / "prose.txt"
+    p.write_text(synthetic_prose(400, seed=1))
+    decay = {}
+    for cell in ("rnn", "lstm"):
+        cfg = config.updated(config.load(None), {
+            "data.path": str(p), "model.cell": cell, "model.hidden_size": 32,
+            "model.num_layers": 1, "train.batch_size": 16, "train.seq_len": 40,
+            "train.epochs": 4, "train.patience": None, "train.sample_chars": 0,
+            "probes.enabled": False, "tracking.enabled": False})
+        corpus = data.load_corpus(cfg.data)
+        res = train.train(cfg, corpus, progress=False)
+        assert res.status == "finished"
+        flow = probes.error_flow(res.model, corpus.splits["train"], 40, 16)
+        h = flow[(flow.layer == 1) & (flow.state == "h")].set_index("q").grad_norm
+        decay[cell] = math.log(h[40] / h[1]) / 39  # mean log-change per step back
+    assert decay["rnn"] < decay["lstm"]
