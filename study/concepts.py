@@ -42,13 +42,23 @@ def concept(kind: str, about: str):
 # prose
 
 
-@concept("binary", "inside double quotes (a quote toggles; the opening quote is inside)")
+@concept("binary", "inside double quotes: a quote toggles (the opening one is inside); a "
+                   "paragraph break closes, as a quotation running over paragraphs reopens")
 def in_quotes(text: str) -> np.ndarray:
+    """English typography opens a quotation that runs over several paragraphs again at each
+    one and closes it once, so a plain toggle would fall out of step for the rest of the
+    text; a blank line (a paragraph break) therefore ends the quotation."""
     out = np.zeros(len(text), np.float32)
-    inside = False
+    inside, blank = False, False  # blank: only whitespace since the last newline
     for t, ch in enumerate(text):
-        if ch == '"':
-            inside = not inside
+        if ch == "\n":
+            if blank:
+                inside = False
+            blank = True
+        elif not ch.isspace():
+            blank = False
+            if ch == '"':
+                inside = not inside
         out[t] = inside
     return out
 

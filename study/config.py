@@ -134,6 +134,40 @@ class ProbesConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    enabled: bool = opt(False, "run an Optuna study over TBPTT and clipping instead of the "
+                        "ablation grid (one variant and corpus: model.cell, data.corpus)")
+    name: str | None = opt(None, "the study's name (default: the config's name); re-running "
+                           "the same command resumes it")
+    trials: int = opt(20, "finished trials wanted (grid: at most the grid's size)", lo=1)
+    sampler: str = opt("tpe", "grid (the heatmap), tpe or random",
+                       choices=("grid", "tpe", "random"))
+    seed: int = opt(0, "sampler seed (worker w uses seed + w)", lo=0)
+    pruner: str = opt("median", "stop bad trials early on their per-epoch validation loss",
+                      choices=("none", "median", "hyperband"))
+    pruner_startup_trials: int = opt(3, "median: finished trials before pruning starts", lo=0)
+    pruner_warmup_epochs: int = opt(1, "epochs before a trial can be pruned", lo=0)
+    storage: str | None = opt(None, "Optuna storage URL (default: a journal file under "
+                              "<results>/optuna/; postgresql://... for several machines)")
+    workers: int = opt(1, "local worker processes (the --workers flag overrides)", lo=1)
+    k2_min: int = opt(10, "smallest k2 (steps back-propagated)", lo=1)
+    k2_max: int = opt(250, "largest k2 (log scale)", lo=1)
+    k1_fractions: list[float] = opt([1.0, 0.5, 0.25], "k1 as a fraction of k2 (1.0: k1 = k2, "
+                                    "the paper's setting)")
+    clip_modes: list[str] = opt(["none", "norm", "value"], "clipping schemes to try")
+    clip_min: float = opt(0.1, "smallest clipping threshold (log scale)", lo=0.0, lo_open=True)
+    clip_max: float = opt(10.0, "largest clipping threshold", lo=0.0, lo_open=True)
+    lr_min: float | None = opt(None, "also search the learning rate from lr_min ...",
+                               lo=0.0, lo_open=True)
+    lr_max: float | None = opt(None, "... to lr_max (log scale)", lo=0.0, lo_open=True)
+    grid_k2: list[int] = opt([25, 50, 100, 200], "grid sampler: k2 values")
+    grid_k1_fraction: list[float] = opt([1.0], "grid sampler: k1 fractions")
+    grid_clip: list[str] = opt(["none", "norm:1", "norm:5", "value:1", "value:5"],
+                               "grid sampler: none, or mode:threshold")
+    grid_lr: list[float] = opt([], "grid sampler: learning rates (empty: train.lr)")
+
+
+@dataclass(frozen=True)
 class AblationConfig:
     variants: list[str] = opt([], "cells to train (empty: model.cell)")
     datasets: list[str] = opt([], "corpora to train on (empty: data.corpus)")
@@ -154,6 +188,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 # ---------------------------------------------------------------------------------------
@@ -342,9 +377,61 @@ def _check_cross_field(cfg: Config, source: str) -> None:
         if name not in CONCEPTS:
             raise ConfigError(f"{source}: unknown concept {name!r} in probes.concepts; known: "
                               f"{', '.join(CONCEPTS)}")
+    if cfg.sweep.enabled:
+        _check_sweep(cfg, source)
     if cfg.train.k1 is not None and cfg.train.k1 > cfg.train.seq_len:
         raise ConfigError(f"{source}: train.k1 = {cfg.train.k1} must be <= train.seq_len = "
                           f"{cfg.train.seq_len} (k2, the steps back-propagated)")
+
+
+def parse_clip(spec: str) -> tuple[str, float | None]:
+    """'none' -> ("none", None); 'norm:5' -> ("norm", 5.0)."""
+    mode, _, value = str(spec).partition(":")
+    if mode == "none" and not value:
+        return "none", None
+    if mode not in ("norm", "value") or not value:
+        raise ValueError(f"{spec!r} is not none, norm:THRESHOLD or value:THRESHOLD")
+    return mode, float(value)
+
+
+def _check_sweep(cfg: Config, source: str) -> None:
+    s = cfg.sweep
+    if cfg.ablation.variants or cfg.ablation.datasets or cfg.ablation.seeds or \
+            cfg.ablation.grid:
+        raise ConfigError(f"{source}: a sweep studies one variant on one corpus (model.cell, "
+                          "data.corpus); leave the ablation section empty")
+    if s.k2_min > s.k2_max or s.clip_min > s.clip_max:
+        raise ConfigError(f"{source}: sweep ranges need min <= max (k2 {s.k2_min}..{s.k2_max},"
+                          f" clip {s.clip_min}..{s.clip_max})")
+    if (s.lr_min is None) != (s.lr_max is None) or (s.lr_min or 0) > (s.lr_max or 0):
+        raise ConfigError(f"{source}: set both sweep.lr_min and sweep.lr_max (min <= max) to "
+                          "search the learning rate, or neither")
+    for f in [*s.k1_fractions, *s.grid_k1_fraction]:
+        if not 0 < f <= 1:
+            raise ConfigError(f"{source}: k1 fraction {f} must be in (0, 1]")
+    for m in s.clip_modes:
+        if m not in ("none", "norm", "value"):
+            raise ConfigError(f"{source}: sweep.clip_modes has {m!r}; choose from none, norm, "
+                              "value")
+    if s.sampler == "grid":
+        if not s.grid_k2 or not s.grid_clip or not s.grid_k1_fraction:
+            raise ConfigError(f"{source}: the grid sampler needs sweep.grid_k2, grid_clip and "
+                              "grid_k1_fraction")
+        for k in s.grid_k2:
+            if not s.k2_min <= k <= s.k2_max:
+                raise ConfigError(f"{source}: sweep.grid_k2 value {k} is outside k2_min.."
+                                  f"k2_max = {s.k2_min}..{s.k2_max}")
+        for spec in s.grid_clip:
+            try:
+                mode, value = parse_clip(spec)
+            except ValueError as e:
+                raise ConfigError(f"{source}: sweep.grid_clip: {e}") from None
+            if value is not None and not s.clip_min <= value <= s.clip_max:
+                raise ConfigError(f"{source}: sweep.grid_clip {spec!r}: threshold outside "
+                                  f"clip_min..clip_max = {s.clip_min}..{s.clip_max}")
+        if s.grid_lr and s.lr_min is not None and not all(
+                s.lr_min <= v <= s.lr_max for v in s.grid_lr):
+            raise ConfigError(f"{source}: sweep.grid_lr values must lie in lr_min..lr_max")
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,3 +484,19 @@ def describe(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((f"{prefix}{f.name}", default, f.metadata.get("doc", "")))
     return rows
+
+
+def main() -> None:
+    """`python -m study.config [CONFIG]`: every key with its default (or the config's value)
+    and its help text."""
+    import sys
+
+    cfg = load(sys.argv[1]) if len(sys.argv) > 1 else None
+    flat = flatten(to_dict(cfg)) if cfg else {}
+    for key, default, doc in describe():
+        value = flat.get(key, default)
+        print(f"{key:28s} {value!s:>12}  {doc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@
     python -m study.inspect RUN_ID                          # best units of every concept
     python -m study.inspect RUN_ID --concept in_quotes      # the best units of one concept
     python -m study.inspect RUN_ID --unit 2:37 --text f.txt # one unit (layer:index[:c|h])
+    python -m study.inspect RUN_ID [RUN_ID ...] --probe     # run the probes again, log them
 
 The model is rebuilt from the run's checkpoint artifact (its config and vocabulary travel
 with it); the text is the run's validation split unless --text names a UTF-8 file.
@@ -80,9 +81,51 @@ def parse_unit(spec: str, model: CharLM) -> tuple[int, int, str]:
     return layer, index, state
 
 
+def reprobe(run_ids: list[str], overrides: list[str], tracking_uri: str | None) -> int:
+    """Run the probes of each run again on its best checkpoint and log them to it."""
+    from study.probes import probe_trained
+    from study.tracking import RunTracker
+
+    for item in overrides:
+        if not item.startswith("probes."):
+            raise SystemExit(f"error: --set {item}: only probes.* settings can change here")
+    for run_id in run_ids:
+        model, cfg, _, client = load_run(run_id, tracking_uri)
+        try:
+            cfg = config_mod.from_dict(_with(config_mod.to_dict(cfg), overrides),
+                                       f"run {run_id}")
+            corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")
+        except (config_mod.ConfigError, DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"probing run {run_id} ({cfg.model.cell} on {cfg.data.corpus})", file=sys.stderr)
+        m = probe_trained(model, corpus, cfg, RunTracker(client, run_id), torch.device("cpu"))
+        if not m:
+            return 1
+    return 0
+
+
+def _with(tree: dict, overrides: list[str]) -> dict:
+    import yaml
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = tree
+        *head, last = key.split(".")
+        for k in head:
+            node = node[k]
+        node[last] = yaml.safe_load(value)
+    return tree
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.inspect", description=__doc__.split("\n")[0])
-    p.add_argument("run_id")
+    p.add_argument("run_id", nargs="+", help="MLflow run id(s); several only with --probe")
+    p.add_argument("--probe", action="store_true",
+                   help="run the run's probes again (current concepts, --set probes.*) and "
+                        "log them to the run, replacing the earlier ones")
+    p.add_argument("--set", action="append", default=[], metavar="probes.KEY=VALUE",
+                   help="with --probe: change a probes setting, e.g. probes.chars=50000")
     p.add_argument("--text", help="a UTF-8 file to draw over (default: the validation split)")
     p.add_argument("--unit", help="LAYER:INDEX[:c|h], layers from 1; c is tanh(c)")
     p.add_argument("--concept", choices=sorted(CONCEPTS), help="draw this concept's best units")
@@ -94,6 +137,11 @@ def main(argv=None) -> int:
     p.add_argument("--log", action="store_true", help="also log the traces to the run")
     p.add_argument("--open", action="store_true", help="open index.html in a browser")
     args = p.parse_args(argv)
+    if args.probe:
+        return reprobe(args.run_id, args.set, args.tracking_uri)
+    if len(args.run_id) > 1:
+        p.error("several run ids only with --probe")
+    args.run_id = args.run_id[0]
 
     model, cfg, vocab, client = load_run(args.run_id, args.tracking_uri)
     try:

@@ -377,6 +377,28 @@ def run_probes(model: CharLM, corpus, cfg: ProbesConfig, tracker, title: str,
     return metrics
 
 
+def probe_trained(model: CharLM, corpus, cfg, tracker, device, step: int | None = None,
+                  full: bool = True) -> dict:
+    """The probes of a run (cfg: its whole Config), the initial model for the error flow
+    rebuilt from the seed. A failure is reported on the run, never allowed to lose it."""
+    from study.train import seed_everything
+
+    title = f"{cfg.model.cell} on {corpus.name}"
+    init = None
+    if full and cfg.probes.error_flow:  # the same initial weights, rebuilt from the seed
+        seed_everything(cfg.train.seed)
+        init = CharLM(corpus.vocab_size, cfg.model).to(device)
+    try:
+        return run_probes(model, corpus, cfg.probes, tracker, title, init_model=init,
+                          step=step, full=full)
+    except Exception as e:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        tracker.set_tags({"probe_error": f"{type(e).__name__}: {e}"[:5000]})
+        return {}
+
+
 def summary(metrics: dict) -> str:
     keys = sorted(k for k in metrics if k.startswith("unit.") and k.endswith(".score"))
     return ", ".join(f"{k.split('.')[1]} {metrics[k]:.2f}" for k in keys

@@ -178,7 +178,10 @@ def _child_tracker(store, parent, spec: RunSpec, corpus: Corpus, ckpt_dir: Path,
         "kind": "train", "variant": spec.variant, "dataset": spec.dataset,
         "seed": spec.seed, "config_hash": spec.hash, "data_sha256": corpus.sha256,
         "vocab_size": corpus.vocab_size, "num_layers": spec.cfg.model.num_layers,
-        "hidden_size": spec.cfg.model.hidden_size}, parent=parent)
+        "hidden_size": spec.cfg.model.hidden_size,
+        # the row of Karpathy15's Table 1: the width before any parameter matching
+        "row_width": spec.axes.get("model.hidden_size", spec.cfg.model.hidden_size)
+        if spec.cfg.ablation.match_params_to else spec.cfg.model.hidden_size}, parent=parent)
     tracker.log_config(spec.cfg)
     return tracker, False
 
@@ -271,15 +274,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config and corpora, print the plan, train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="sweeps: local worker processes (overrides sweep.workers)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
         cfg = config_mod.load(args.config, args.set)
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError(f"--workers {args.workers}: need at least 1")
         corpora = load_corpora(cfg)
         plan = make_plan(cfg, corpora)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if cfg.sweep.enabled:
+        if args.dry_run:
+            print(f"sweep of {cfg.model.cell} on {cfg.data.corpus}: " + cfg.sweep.sampler)
+            return 0
+        from study.sweep import run_sweep
+
+        try:
+            out = run_sweep(cfg, workers=args.workers, progress=not args.no_progress)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"\n{out['complete']} complete trials in {out['minutes']:.1f} min",
+              file=sys.stderr)
+        return 0
     if args.dry_run:
         print_plan(cfg, plan, corpora)
         return 0

@@ -195,9 +195,11 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None = None,
-          resume: bool = False, progress: bool = True) -> Result:
+          resume: bool = False, progress: bool = True, on_epoch=None) -> Result:
     """Train one model as `cfg` says, log per-epoch metrics to `tracker`, and return the
-    result, with the test loss of the best (lowest validation loss) checkpoint."""
+    result, with the test loss of the best (lowest validation loss) checkpoint.
+    on_epoch(epoch, row), called after each epoch's metrics are logged, may raise to stop
+    the run (a sweep's pruner does); the exception propagates."""
     tracker = tracker or NullTracker()
     t = cfg.train
     device = pick_device(t.device)
@@ -297,6 +299,8 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
                             best_epoch=res.best_epoch, initial_loss=initial_loss,
                             bad=bad_epochs)
         _fault_injection(epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
 
     res.epochs = len(res.history)
     res.seconds = time.perf_counter() - t0
@@ -320,23 +324,9 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
 
 
 def _probe(model, corpus, cfg: Config, tracker, device, step=None, full=True) -> dict:
-    """Run the probes; a failure is reported on the run, not allowed to lose the training."""
-    from study.probes import run_probes
+    from study.probes import probe_trained
 
-    title = f"{cfg.model.cell} on {corpus.name}"
-    init = None
-    if full and cfg.probes.error_flow:  # the same initial weights, rebuilt from the seed
-        seed_everything(cfg.train.seed)
-        init = CharLM(corpus.vocab_size, cfg.model).to(device)
-    try:
-        return run_probes(model, corpus, cfg.probes, tracker, title, init_model=init,
-                          step=step, full=full)
-    except Exception as e:  # noqa: BLE001
-        import traceback
-
-        traceback.print_exc()
-        tracker.set_tags({"probe_error": f"{type(e).__name__}: {e}"[:5000]})
-        return {}
+    return probe_trained(model, corpus, cfg, tracker, device, step=step, full=full)
 
 
 def _sample_text(model: CharLM, corpus: data.Corpus, n: int, seed: int) -> str:

@@ -29,6 +29,9 @@ def test_quotes_and_line_position():
     assert concepts.line_position(text).tolist() == \
         [1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4]
     assert concepts.line_position("ab\ncd\r\ne").tolist() == [1, 2, 0, 1, 2, 3, 0, 1]
+    # a quotation over two paragraphs (CRLF, as in War and Peace): reopened, closed once
+    two = '"a\r\n\r\n"b" c'
+    assert bits(concepts.in_quotes(two)) == "11111011000"
 
 
 @pytest.mark.parametrize("src,comment,string", [

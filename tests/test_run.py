@@ -24,15 +24,6 @@ def client_for(results: Path) -> MlflowClient:
     return MlflowClient(tracking_uri(TrackingConfig(results_dir=str(results))))
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """One smoke ablation (3 variants × 2 corpora × 1 seed, 2 epochs) shared by the tests."""
-    results = tmp_path_factory.mktemp("smoke")
-    rc = run.main([SMOKE, "--set", f"tracking.results_dir={results}", "--no-progress"])
-    assert rc == 0
-    return results
-
-
 def test_smoke_ablation_leaves_parent_and_child_runs(smoke):
     client = client_for(smoke)
     exp = client.get_experiment_by_name("smoke")
@@ -251,3 +242,22 @@ def test_grid_and_matched_widths_make_karpathy15s_rows():
     # an RNN layer has one block, an LSTM layer four: about twice as wide
     assert by[("warpeace", "rnn", 2, 512)].cfg.model.hidden_size > 900
     assert by[("warpeace", "rnn", 2, 512)].name.startswith("rnn-warpeace-num_layers2-")
+
+
+def test_probes_can_run_again_on_a_logged_run(smoke):
+    from study import inspect
+
+    client = client_for(smoke)
+    exp = client.get_experiment_by_name("smoke")
+    r = client.search_runs([exp.experiment_id], "tags.kind = 'train' and tags.variant = 'gru'"
+                           " and tags.dataset = 'warpeace'")[0]
+    uri = tracking_uri(TrackingConfig(results_dir=str(smoke)))
+    before = client.get_metric_history(r.info.run_id, "probe_seconds")
+    assert inspect.main([r.info.run_id, "--probe", "--tracking-uri", uri,
+                         "--set", "probes.gru_update=charrnn", "--set", "probes.chars=1500"]) == 0
+    after = client.get_run(r.info.run_id)
+    assert len(client.get_metric_history(r.info.run_id, "probe_seconds")) == len(before) + 1
+    assert "sat.L1.z.left_mean" in after.data.metrics  # char-rnn's update gate this time
+    with pytest.raises(SystemExit, match="only probes"):
+        inspect.main([r.info.run_id, "--probe", "--tracking-uri", uri, "--set",
+                      "train.lr=1"])

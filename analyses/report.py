@@ -1,0 +1,174 @@
+"""`python -m analyses.report`: every figure and table rebuilt from the runs logged in MLflow.
+
+    python -m analyses.report                              # every experiment in the store
+    python -m analyses.report --experiment ablation --experiment sweeps
+    python -m analyses.report --run-id ID --run-id ID      # exactly these runs
+    python -m analyses.report --tag dataset=warpeace --out results/report-wp
+
+Writes report.md and a self-contained report.html (figures inline) under --out (default
+results/report/), each figure as PNG and PDF, each table as CSV, and logs the whole folder
+to an MLflow run in the experiment "report". A section whose inputs are missing says what
+to run instead of failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import re
+import shutil
+import sys
+import traceback
+from datetime import date
+from pathlib import Path
+
+from analyses import claims, common, curves, error_flow, saturation, sweeps, table1, units, variants
+from analyses.common import Section, markdown_table
+from analyses.runs import Runs
+
+SECTIONS = [table1, variants, curves, saturation, units, error_flow, sweeps, claims]
+
+
+def build_all(runs: Runs, out: Path) -> list[Section]:
+    common.style()
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for module in SECTIONS:
+        try:
+            sections.append(module.build(runs, out))
+        except Exception as e:  # noqa: BLE001 - one broken section must not hide the rest
+            traceback.print_exc()
+            sections.append(Section(module.__name__.rsplit(".", 1)[-1],
+                                    missing=f"this section failed: {type(e).__name__}: {e}"))
+    return sections
+
+
+def header(runs: Runs, selection: str) -> dict:
+    from study.tracking import git_commit
+
+    return {"date": str(date.today()), "commit": git_commit(), "uri": runs.uri,
+            "experiments": ", ".join(runs.experiments) or "–", "selection": selection,
+            "runs": len(runs.all), "train": len(runs.train), "studies": len(runs.studies)}
+
+
+def to_markdown(sections: list[Section], h: dict) -> str:
+    lines = ["# Study report", "",
+             f"Built {h['date']} from MLflow at `{h['uri']}` (experiments: {h['experiments']};"
+             f" {h['selection']}): {h['runs']} runs, of which {h['train']} finished training "
+             f"runs and {h['studies']} studies; code at commit `{h['commit']}`. Every figure "
+             "and table below is rebuilt from those runs. Losses are mean cross-entropy in "
+             "nats per character (bits = nats / ln 2) on the split named.", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        if s.missing:
+            lines += [f"_Not available: {s.missing}._", ""]
+            continue
+        if s.text:
+            lines += [s.text, ""]
+        for name, df in s.tables.items():
+            lines += [f"**{name}** ({name}.csv where written)", "", markdown_table(df), ""]
+        for f in s.figures:
+            lines += [f"![{f.caption}]({f.png.name})", "", f"_{f.caption}_ "
+                      f"([PDF]({f.pdf.name}))", ""]
+        if s.sources:
+            lines += [f"<sub>runs: {', '.join(r[:8] for r in s.sources)}</sub>", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def to_html(sections: list[Section], h: dict) -> str:
+    body = [f"<h1>Study report</h1><p>Built {h['date']} from MLflow at <code>"
+            f"{html.escape(h['uri'])}</code> (experiments: {html.escape(h['experiments'])}; "
+            f"{html.escape(h['selection'])}): {h['runs']} runs ({h['train']} finished training "
+            f"runs, {h['studies']} studies); commit <code>{h['commit']}</code>. Losses in "
+            "nats/char (bits = nats / ln 2).</p>"]
+    for s in sections:
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        if s.missing:
+            body.append(f"<p><i>Not available: {_inline(s.missing)}.</i></p>")
+            continue
+        if s.text:
+            body.append(f"<p>{_inline(s.text)}</p>")
+        for name, df in s.tables.items():
+            body.append(f"<p><b>{html.escape(name)}</b></p>"
+                        + df.to_html(index=False, float_format=lambda v: f"{v:.3f}",
+                                     na_rep="–", border=0, classes="t"))
+        for f in s.figures:
+            data = base64.b64encode(f.png.read_bytes()).decode()
+            body.append(f"<figure><img src='data:image/png;base64,{data}' alt=''>"
+                        f"<figcaption>{_inline(f.caption)}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:62em;margin:2em auto;padding:0 1em}"
+             "img{max-width:100%}table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}"
+             ".t td,.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+             "figcaption{font-size:13px;color:#444}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Study report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def log_report(runs: Runs, out: Path, h: dict, sections: list[Section]) -> str:
+    from study.config import TrackingConfig
+    from study.tracking import Store
+
+    store = Store(TrackingConfig(experiment="report", uri=runs.uri))
+    tracker = store.start(f"report-{h['date']}", {
+        "kind": "report", "experiments": h["experiments"], "selection": h["selection"],
+        "mlflow.note.content": f"Report over {h['runs']} runs ({h['experiments']})."})
+    tracker.log_artifacts(out)
+    tracker.log_metrics({"sections": len(sections),
+                         "sections_missing": sum(s.missing is not None for s in sections)})
+    tracker.end()
+    return tracker.run_id
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analyses.report",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", action="append", default=[],
+                   help="experiment to draw from (repeatable; default: all)")
+    p.add_argument("--run-id", action="append", default=[], help="exactly these runs")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="only runs with this tag (repeatable), e.g. dataset=warpeace")
+    p.add_argument("--out", default="results/report", help="output folder")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default as study.run's)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    args = p.parse_args(argv)
+    tags = {}
+    for t in args.tag:
+        k, sep, v = t.partition("=")
+        if not sep:
+            p.error(f"--tag {t!r}: expected KEY=VALUE")
+        tags[k] = v
+    from study.config import TrackingConfig
+    from study.tracking import tracking_uri
+
+    uri = args.tracking_uri or tracking_uri(TrackingConfig())
+    runs = Runs.load(uri, args.experiment or None, args.run_id or None, tags or None)
+    missing = [e for e in args.experiment if e not in runs.experiments]
+    if missing:
+        print(f"error: no experiment named {', '.join(missing)} in {uri}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    selection = "runs " + ", ".join(args.run_id) if args.run_id else (
+        "tags " + ", ".join(args.tag) if args.tag else "all runs")
+    sections = build_all(runs, out)
+    h = header(runs, selection)
+    (out / "report.md").write_text(to_markdown(sections, h), encoding="utf-8")
+    (out / "report.html").write_text(to_html(sections, h), encoding="utf-8")
+    print(f"wrote {out / 'report.md'} and {out / 'report.html'}: "
+          + ", ".join(f"{s.title.split(':')[0]} {'–' if s.missing else 'ok'}" for s in sections))
+    if not args.no_log:
+        run_id = log_report(runs, out, h, sections)
+        print(f"logged to MLflow run {run_id} (experiment 'report')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

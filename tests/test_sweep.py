@@ -1,0 +1,175 @@
+"""Optuna sweeps end to end on a tiny text: parallel workers, divergence, pruning, a killed
+worker, duplicates; trials read back from Optuna and MLflow."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from study import run
+from study.config import TrackingConfig
+from study.sweep import open_storage, param_key
+from study.tracking import tracking_uri
+from tests.test_probes import synthetic_prose
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp_path: Path, sweep: dict, train: dict | None = None, name="s") -> Path:
+    text = tmp_path / "prose.txt"
+    if not text.exists():
+        text.write_text(synthetic_prose(600, seed=3))
+    cfg = {
+        "name": name,
+        "data": {"path": str(text), "splits": [0.8, 0.1, 0.1]},
+        "model": {"cell": "lstm", "hidden_size": 16, "num_layers": 1},
+        "train": {"batch_size": 8, "epochs": 2, "patience": None, "sample_chars": 0,
+                  **(train or {})},
+        "probes": {"enabled": False},
+        "tracking": {"experiment": "sweeps", "results_dir": str(tmp_path / "results")},
+        "sweep": {"enabled": True, "pruner": "none", **sweep},
+    }
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def study_of(tmp_path, name="s") -> optuna.Study:
+    url = f"journal:{tmp_path / 'results' / 'optuna' / f'{name}.journal'}"
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def mlflow_runs(tmp_path, kind):
+    client = MlflowClient(tracking_uri(TrackingConfig(results_dir=str(tmp_path / "results"))))
+    exp = client.get_experiment_by_name("sweeps")
+    return client, client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")
+
+
+GRID4 = {"sampler": "grid", "grid_k2": [8, 16], "grid_clip": ["none", "norm:1"],
+         "grid_k1_fraction": [1.0], "k2_min": 4, "k2_max": 64}
+
+
+def test_two_workers_complete_the_grid_once_each(tmp_path):
+    cfg = write_config(tmp_path, {**GRID4, "trials": 4})
+    assert run.main([str(cfg), "--workers", "2", "--no-progress"]) == 0
+    trials = study_of(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4  # none lost
+    keys = {param_key(t.params) for t in trials}
+    assert len(keys) == 4  # none duplicated: each grid point exactly once
+    assert {t.params["k2"] for t in trials} == {8, 16}
+    assert len({t.user_attrs["worker"] for t in trials}) >= 1
+    client, parents = mlflow_runs(tmp_path, "study")
+    _, children = mlflow_runs(tmp_path, "trial")
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert sorted(int(c.data.tags["trial_number"]) for c in children) == [0, 1, 2, 3]
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert c.data.tags["trial_state"] == "COMPLETE" and c.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_nats_per_char")]
+        assert steps == [1, 2]
+        assert c.data.params["train.seq_len"] == c.data.params["trial.k2"]
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    assert {"study/trials.csv", "study/optimization_history.png",
+            "study/bptt_clip_heatmap.png"} <= arts
+    assert "best_val_nats_per_char" in parent.data.metrics
+    assert parent.data.tags["best_params"].startswith("k2=")
+    # the same command again: nothing left to do, nothing trained again
+    assert run.main([str(cfg), "--no-progress"]) == 0
+    assert len(study_of(tmp_path).get_trials()) == 4
+    assert len(mlflow_runs(tmp_path, "trial")[1]) == 4
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
+    cfg = write_config(tmp_path, {"sampler": "grid", "grid_k2": [16], "grid_clip": ["none"],
+                                  "grid_lr": [2e-3, 50.0], "k2_min": 4, "k2_max": 64,
+                                  "trials": 2}, train={"optimizer": "adam"})
+    assert run.main([str(cfg), "--no-progress"]) == 0
+    by_lr = {t.params["lr"]: t for t in study_of(tmp_path).get_trials()}
+    assert by_lr[2e-3].state == TrialState.COMPLETE
+    bad = by_lr[50.0]
+    assert bad.state == TrialState.FAIL and bad.user_attrs["diverged"]
+    assert "initial" in bad.user_attrs["fail_reason"] or "nan" in bad.user_attrs["fail_reason"]
+    client, children = mlflow_runs(tmp_path, "trial")
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.tags["trial_state"] == "FAIL"
+    assert failed[0].data.tags["failure_reason"] == bad.user_attrs["fail_reason"]
+
+
+def test_pruning_stops_a_bad_trial_before_its_last_epoch(tmp_path):
+    cfg = write_config(tmp_path, {"sampler": "grid", "grid_k2": [16], "grid_clip": ["none"],
+                                  "grid_lr": [1e-2, 1e-7], "k2_min": 4, "k2_max": 64,
+                                  "trials": 2, "pruner": "median", "pruner_startup_trials": 1,
+                                  "pruner_warmup_epochs": 0}, train={"epochs": 3})
+    assert run.main([str(cfg), "--no-progress"]) == 0
+    good, bad = sorted(study_of(tmp_path).get_trials(), key=lambda t: -t.params["lr"])
+    assert good.state == TrialState.COMPLETE and len(good.intermediate_values) == 3
+    assert bad.state == TrialState.PRUNED and len(bad.intermediate_values) < 3
+    assert "pruned after epoch" in bad.user_attrs["pruned_reason"]
+    _, children = mlflow_runs(tmp_path, "trial")
+    states = sorted(c.data.tags["trial_state"] for c in children)
+    assert states == ["COMPLETE", "PRUNED"]
+
+
+def test_a_killed_worker_is_recovered_when_the_command_runs_again(tmp_path):
+    cfg = write_config(tmp_path, {**GRID4, "trials": 3}, train={"epochs": 2})
+    cmd = [sys.executable, "-m", "study.run", str(cfg), "--no-progress"]
+    killed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "STUDY_KILL_AFTER_EPOCH": "1"})
+    assert killed.returncode == 137, killed.stderr
+    (lost,) = study_of(tmp_path).get_trials(states=(TrialState.RUNNING,))
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "recovered trials" in again.stderr
+    trials = study_of(tmp_path).get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3  # the requested number
+    dead = next(t for t in trials if t.number == lost.number)
+    assert dead.state == TrialState.FAIL and "stopped during the trial" in \
+        dead.user_attrs["fail_reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
+    assert len(retry) == 1 and retry[0].params == lost.params
+    assert retry[0].state == TrialState.COMPLETE
+    client, children = mlflow_runs(tmp_path, "trial")
+    killed_run = next(c for c in children if c.info.run_id == dead.user_attrs["mlflow_run_id"])
+    assert killed_run.info.status == "KILLED"
+
+
+def test_duplicate_suggestions_are_not_trained_twice(tmp_path):
+    # a space of one point: every suggestion after the first is a duplicate
+    cfg = write_config(tmp_path, {"sampler": "random", "k2_min": 16, "k2_max": 16,
+                                  "k1_fractions": [1.0], "clip_modes": ["none"],
+                                  "trials": 3})
+    assert run.main([str(cfg), "--no-progress"]) == 0
+    trials = study_of(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.user_attrs.get("duplicate_of") for t in trials] == [None, 0, 0]
+    assert len({t.value for t in trials}) == 1
+    assert len(mlflow_runs(tmp_path, "trial")[1]) == 1  # trained once
+
+
+def test_a_study_resumed_with_another_config_is_refused(tmp_path, capsys):
+    cfg = write_config(tmp_path, {**GRID4, "trials": 1})
+    assert run.main([str(cfg), "--no-progress"]) == 0
+    cfg2 = write_config(tmp_path, {**GRID4, "trials": 1}, train={"lr": 0.01})
+    assert run.main([str(cfg2), "--no-progress"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ({"grid_k2": [1000]}, "outside k2_min..k2_max"),
+    ({"grid_clip": ["sometimes"]}, "not none, norm:THRESHOLD or value:THRESHOLD"),
+    ({"lr_min": 1e-3}, "set both sweep.lr_min and sweep.lr_max"),
+])
+def test_bad_sweep_settings_are_rejected(tmp_path, capsys, bad, needle):
+    cfg = write_config(tmp_path, {**GRID4, **bad})
+    assert run.main([str(cfg)]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "results" / "mlflow.db").exists()
