@@ -125,14 +125,16 @@ def saturation_metrics(table: pd.DataFrame) -> dict[str, float]:
 # units against concepts
 
 
-def auc(values: np.ndarray, positive: np.ndarray) -> np.ndarray:
+def auc(values: np.ndarray, positive: np.ndarray, ranks: np.ndarray | None = None):
     """ROC-AUC of each column of values (N, U) for the binary labels (N,), by ranks
-    (Mann-Whitney U, ties averaged)."""
+    (Mann-Whitney U, ties averaged). Pass `ranks` (rankdata(values, axis=0)) when scoring
+    many concepts: ranking is the expensive part."""
     pos = positive.astype(bool)
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return np.full(values.shape[1], np.nan)
-    ranks = rankdata(values, axis=0)
+    if ranks is None:
+        ranks = rankdata(values, axis=0)
     return (ranks[pos].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
@@ -156,7 +158,7 @@ def unit_scores(acts: Activations, concept_names: list[str] | None = None) -> pd
             s = s[keep]
             c = CONCEPTS[name]
             if c.kind == "binary":
-                a = auc(v, s)
+                a = auc(v, s, ranked)
                 score, sign = np.maximum(a, 1 - a), np.where(a >= 0.5, 1, -1)
                 extra = {"auc": a}
             else:
