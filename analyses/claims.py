@@ -245,7 +245,7 @@ CHECKS = {
     "output_gates_not_saturated": c_output_not_saturated,
     "first_layer_diffuse": c_first_layer_diffuse,
     "quote_cell": lambda r, d: _unit_claim(r, d, "warpeace", ["in_quotes"], 0.9, "AUC"),
-    "line_cell": lambda r, d: _unit_claim(r, d, "warpeace", ["line_position"], 0.8, "|r|"),
+    "line_cell": lambda r, d: _unit_claim(r, d, "warpeace", ["line_position"], 0.8, "|ρ|"),
     "code_cell": lambda r, d: _unit_claim(r, d, "linux", ["in_comment", "in_string"], 0.9,
                                           "AUC"),
     "error_flow_rnn_vanishes": c_error_flow,

@@ -57,6 +57,6 @@ def build(runs: Runs, out: Path) -> Section:
     table.to_csv(out / "best_units.csv", index=False)
     sec.tables["best_units"] = table
     sec.text = ("Best unit per concept (score: max(AUC, 1 − AUC) for binary concepts, "
-                "|Pearson r| for continuous ones; sign +1: the unit is higher inside or "
+                "|Spearman ρ| for continuous ones; sign +1: the unit is higher inside or "
                 "grows with the concept).")
     return sec

@@ -7,8 +7,9 @@ streams with the state carried, leaving out each stream's first `warmup` steps.
 - Saturation: per layer, gate and unit, the fraction of steps with the gate below `left`
   (left-saturated) and above `right` (right-saturated).
 - Units: every unit's tanh(c) and h against every concept of study.concepts: ROC-AUC for
-  binary concepts (reported as max(AUC, 1 − AUC) with its sign), Pearson and Spearman
-  correlation for continuous ones; traces of the best units drawn over the text.
+  binary concepts (reported as max(AUC, 1 − AUC) with its sign), Spearman's ρ (ranked by
+  |ρ|: a unit may track a concept monotonically but not linearly) and Pearson's r for
+  continuous ones; traces of the best units drawn over the text.
 - Error flow: the mean norm of dℓ_t/dh_(t−q) and dℓ_t/dc_(t−q) against the distance q,
   at initialisation and after training: the quantity behind the vanishing-gradient
   argument (Hochreiter 1991/97, Pascanu13).
@@ -161,10 +162,10 @@ def unit_scores(acts: Activations, concept_names: list[str] | None = None) -> pd
                 a = auc(v, s, ranked)
                 score, sign = np.maximum(a, 1 - a), np.where(a >= 0.5, 1, -1)
                 extra = {"auc": a}
-            else:
+            else:  # ranked by |Spearman ρ|: a position cell may saturate (tanh), not be linear
                 r = pearson(v, s)
                 rho = pearson(ranked, rankdata(s))
-                score, sign = np.abs(r), np.sign(r)
+                score, sign = np.abs(rho), np.sign(rho)
                 extra = {"pearson": r, "spearman": rho}
             for unit in range(v.shape[1]):
                 row = {"layer": layer, "state": kind, "unit": unit, "concept": name,
@@ -182,11 +183,12 @@ def best_units(scores: pd.DataFrame, top: int = 1) -> pd.DataFrame:
 
 
 def describe_unit(row) -> str:
-    measure = "AUC" if row["kind"] == "binary" else "r"
-    value = row["score"] if row["kind"] == "binary" else row["score"] * row["sign"]
-    sign = "" if row["kind"] != "binary" else (" (+)" if row["sign"] > 0 else " (−)")
     state = "tanh(c)" if row["state"] == "c" else "h"
-    return f"layer {row['layer']} {state}[{row['unit']}]: {measure} {value:.3f}{sign}"
+    if row["kind"] == "binary":
+        how = f"AUC {row['score']:.3f} ({'+' if row['sign'] > 0 else '−'})"
+    else:
+        how = f"ρ {row['spearman']:+.3f} (Pearson r {row['pearson']:+.3f})"
+    return f"layer {row['layer']} {state}[{row['unit']}]: {how}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,7 +274,8 @@ def write_traces(acts: Activations, scores: pd.DataFrame, out: Path, cfg: Probes
         "<!doctype html><html><head><meta charset='utf-8'><title>units</title></head><body>"
         f"<h3>{html.escape(title)}: the best units per concept</h3><ul>{items}</ul>"
         "<p>AUC: ROC-AUC of the unit for the binary concept, max(AUC, 1 − AUC), sign (+) "
-        "when the unit is higher inside; r: Pearson correlation.</p></body></html>",
+        "when the unit is higher inside; ρ: Spearman's rank correlation (units ranked by "
+        "|ρ|), r: Pearson's.</p></body></html>",
         encoding="utf-8")
     return links
 
