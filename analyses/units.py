@@ -32,9 +32,8 @@ def build(runs: Runs, out: Path) -> Section:
         traces = {a.path for a in runs.client.list_artifacts(row.run_id, "probes/traces")}
         images = []
         for concept in best.concept[:4]:
-            png = next((p for p in sorted(traces) if p.startswith(f"probes/traces/{concept}_1_")
-                        and p.endswith(".png")), None)
-            local = runs.artifact(row.run_id, png) if png else None
+            png = f"probes/traces/{concept}_1.png"
+            local = runs.artifact(row.run_id, png) if png in traces else None
             if local is not None:
                 images.append((concept, mpimg.imread(local)))
         if images:

@@ -253,7 +253,8 @@ def write_traces(acts: Activations, scores: pd.DataFrame, out: Path, cfg: Probes
         for rank, (_, row) in enumerate(sub.iterrows(), 1):
             vals = acts.states[(row["layer"], row["state"])][window, row["unit"]]
             vals = vals.astype(np.float32)
-            name = f"{concept}_{rank}_L{row['layer']}{row['state']}{row['unit']}"
+            # named by rank, not unit, so that probing again replaces the files
+            name = f"{concept}_{rank}"
             label = describe_unit(row)
             (out / f"{name}.html").write_text(trace_html(
                 text, vals, f"{concept}: {label}",

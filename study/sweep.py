@@ -280,7 +280,8 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent, progress: bool) 
     def report(epoch, row):
         val = row["val_nats_per_char"]
         trial.report(val, epoch)
-        if trial.should_prune():
+        # after the last epoch the budget is spent: the trial is complete, not pruned
+        if epoch < child.train.epochs and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: val {val:.4f} nats/char")
 
     ckpt = Path(cfg.tracking.results_dir) / "checkpoints" / cfg.tracking.experiment / \

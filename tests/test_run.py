@@ -102,7 +102,8 @@ def test_inspect_rerenders_traces_from_a_logged_run(smoke, tmp_path, capsys):
     assert inspect.main([rid, "--tracking-uri", uri, "--out", str(tmp_path / "a"),
                          "--concept", "in_quotes", "--top", "2", "--chars", "3000"]) == 0
     assert (tmp_path / "a" / "index.html").is_file()
-    assert len(list((tmp_path / "a").glob("in_quotes_*.html"))) == 2
+    assert sorted(p.name for p in (tmp_path / "a").glob("in_quotes_*.html")) == \
+        ["in_quotes_1.html", "in_quotes_2.html"]
     text = tmp_path / "t.txt"
     text.write_text('"Well, Prince," said he.\nAnd so on.\n' * 20)
     assert inspect.main([rid, "--tracking-uri", uri, "--out", str(tmp_path / "b"),
@@ -253,9 +254,12 @@ def test_probes_can_run_again_on_a_logged_run(smoke):
                            " and tags.dataset = 'warpeace'")[0]
     uri = tracking_uri(TrackingConfig(results_dir=str(smoke)))
     before = client.get_metric_history(r.info.run_id, "probe_seconds")
+    files = {a.path for a in client.list_artifacts(r.info.run_id, "probes/traces")}
     assert inspect.main([r.info.run_id, "--probe", "--tracking-uri", uri,
-                         "--set", "probes.gru_update=charrnn", "--set", "probes.chars=1500"]) == 0
+                         "--set", "probes.gru_update=charrnn"]) == 0
     after = client.get_run(r.info.run_id)
+    # the same text, so the same concepts: the traces are replaced, not added to
+    assert {a.path for a in client.list_artifacts(r.info.run_id, "probes/traces")} == files
     assert len(client.get_metric_history(r.info.run_id, "probe_seconds")) == len(before) + 1
     assert "sat.L1.z.left_mean" in after.data.metrics  # char-rnn's update gate this time
     with pytest.raises(SystemExit, match="only probes"):

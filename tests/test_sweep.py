@@ -113,9 +113,20 @@ def test_pruning_stops_a_bad_trial_before_its_last_epoch(tmp_path):
     assert good.state == TrialState.COMPLETE and len(good.intermediate_values) == 3
     assert bad.state == TrialState.PRUNED and len(bad.intermediate_values) < 3
     assert "pruned after epoch" in bad.user_attrs["pruned_reason"]
+
     _, children = mlflow_runs(tmp_path, "trial")
     states = sorted(c.data.tags["trial_state"] for c in children)
     assert states == ["COMPLETE", "PRUNED"]
+
+
+def test_a_trial_that_spent_its_budget_is_complete_not_pruned(tmp_path):
+    # one epoch: the bad trial is behind the median at its last (only) report
+    cfg = write_config(tmp_path, {"sampler": "grid", "grid_k2": [16], "grid_clip": ["none"],
+                                  "grid_lr": [1e-2, 1e-7], "k2_min": 4, "k2_max": 64,
+                                  "trials": 2, "pruner": "median", "pruner_startup_trials": 1,
+                                  "pruner_warmup_epochs": 0}, train={"epochs": 1})
+    assert run.main([str(cfg), "--no-progress"]) == 0
+    assert [t.state for t in study_of(tmp_path).get_trials()] == [TrialState.COMPLETE] * 2
 
 
 def test_a_killed_worker_is_recovered_when_the_command_runs_again(tmp_path):
