@@ -32,6 +32,17 @@ class Section:
     sources: list[str] = field(default_factory=list)  # run ids drawn from
 
 
+ORDER = ["peephole", "lstm", "gru", "rnn", "nfg", "hard", "cifg", "noaf", "nig", "nog",
+         "niaf", "fgr", "lstm1997", "binary"]
+
+
+def palette(variants) -> dict[str, tuple]:
+    """One colour per variant, the same in every figure (the ablation's six get the most
+    distinct ones)."""
+    colours = sns.color_palette("tab10") + sns.color_palette("Dark2")
+    return {v: colours[ORDER.index(v)] if v in ORDER else (0.3, 0.3, 0.3) for v in variants}
+
+
 def style() -> None:
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9,
                   rc={"figure.dpi": 150, "savefig.dpi": 200, "axes.titlesize": 9,

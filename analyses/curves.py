@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from analyses.common import COLUMN_WIDTH, Section, save
+from analyses.common import COLUMN_WIDTH, Section, palette, save
 from analyses.runs import Runs
 
 
@@ -36,6 +36,7 @@ def build(runs: Runs, out: Path) -> Section:
     curves.to_csv(out / "learning_curves.csv", index=False)
     sec.sources = sorted(curves.run.unique())
     datasets = sorted(curves.dataset.dropna().unique())
+    colours = palette(sorted(curves.variant.dropna().unique()))
     fig, axes = plt.subplots(len(datasets), 2, figsize=(2 * COLUMN_WIDTH, 2.4 * len(datasets)),
                              squeeze=False)
     for i, dataset in enumerate(datasets):
@@ -44,6 +45,7 @@ def build(runs: Runs, out: Path) -> Section:
         for j, x in enumerate(("epoch", "minutes")):
             ax = axes[i][j]
             sns.lineplot(data=d, x=x, y="val", hue="variant", units="run", estimator=None,
+                         hue_order=sorted(colours), palette=colours,
                          marker="o", markersize=3, ax=ax, legend=(i == 0 and j == 1))
             ax.set(xlabel="epoch" if x == "epoch" else "wall time (min)",
                    ylabel="validation loss (nats/char)", title=dataset)

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from analyses.common import COLUMN_WIDTH, Section, save
+from analyses.common import COLUMN_WIDTH, Section, palette, save
 from analyses.runs import Runs
 
 
@@ -48,6 +48,7 @@ def build(runs: Runs, out: Path) -> Section:
     table = pd.DataFrame(rows).sort_values(["dataset", "state", "when", "variant"])
     sec.tables["decay"] = table
     datasets = sorted(flow.dataset.unique())
+    colours = palette(sorted(flow.variant.unique()))
     fig, axes = plt.subplots(len(datasets), 2, figsize=(2 * COLUMN_WIDTH, 2.4 * len(datasets)),
                              squeeze=False)
     for i, dataset in enumerate(datasets):
@@ -58,17 +59,23 @@ def build(runs: Runs, out: Path) -> Section:
                 ax.set_axis_off()
                 continue
             sns.lineplot(data=d, x="q", y="grad_norm", hue="variant", style="when",
+                         hue_order=sorted(colours), palette=colours,
                          style_order=["trained", "init"], ax=ax, lw=1,
                          legend=(i == 0 and j == 0))
             ax.set_yscale("log")
+            ax.set_ylim(1e-12, max(2.0, d.grad_norm.max() * 2))  # below: vanished
             ax.set(xlabel="distance q (steps back)", ylabel=f"mean ‖dℓ_t/d{state}_(t−q)‖",
                    title=f"{dataset}: through {state} (top layer)")
-    if axes[0][0].get_legend():
-        sns.move_legend(axes[0][0], "upper right", fontsize=6)
-    fig.tight_layout()
+    legend = axes[0][0].get_legend()
+    if legend is not None:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        legend.remove()
+        fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=6, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     sec.figures.append(save(fig, out, "error_flow", (
         "Gradient of the loss at one step with respect to the state q steps earlier, top "
-        "layer, after training (solid) and at initialisation (dashed), log scale.")))
+        "layer, after training (solid) and at initialisation (dashed), log scale (cut at "
+        "1e-12: below it the error has vanished).")))
     sec.text = ("The mean change of log ‖·‖ per step between q = 1 and q = 50 "
                 "(negative: the error vanishes; 0: it is carried unchanged).")
     return sec

@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 from scipy import stats
 
-from analyses.common import COLUMN_WIDTH, Section, save
+from analyses.common import COLUMN_WIDTH, Section, palette, save
 from analyses.runs import Runs, nats_to_bits
 
 BASELINE = "peephole"
@@ -52,7 +52,20 @@ def build(runs: Runs, out: Path) -> Section:
         sns.pointplot(data=d, x="variant", y="test", order=order, errorbar=("ci", 95),
                       linestyle="none", color="0.2", markers="_", ax=ax)
         sns.stripplot(data=d, x="variant", y="test", order=order, hue="variant",
-                      palette="tab10", size=5, ax=ax, legend=False)
+                      palette=palette(order), size=5, ax=ax, legend=False)
+        # a variant far off the rest (nfg diverges on a continuous stream) gets an arrow
+        # at the top instead of squashing the others into one band
+        med = d.groupby("variant").test.mean().median()
+        off = d.groupby("variant").test.mean()
+        off = off[off > med + 0.75]
+        if len(off):
+            top = d[~d.variant.isin(off.index)].test.max() + 0.08
+            ax.set_ylim(d.test.min() - 0.05, top)
+            for v, value in off.items():
+                x = order.index(v)
+                ax.annotate(f"{value:.2f} ↑", (x, top), xytext=(0, -10),
+                            textcoords="offset points", ha="center", fontsize=7,
+                            color="#d62728")
         base = d[d.variant == BASELINE].test.mean()
         if base == base:
             ax.axhline(base, color="0.5", ls="--", lw=0.8, label=f"{BASELINE} (baseline)")
@@ -64,7 +77,8 @@ def build(runs: Runs, out: Path) -> Section:
     sec.figures.append(save(fig, out, "variants", (
         f"Test loss per variant ({int(size[0])}×{int(size[1])}), one point per seed"
         + (", bars: 95% intervals" if n_seeds > 1 else " (one seed: no intervals)")
-        + f"; dashed: the {BASELINE} baseline.")))
+        + f"; dashed: the {BASELINE} baseline; values off the scale are written at the "
+        "top.")))
     sec.text = (
         "Test loss (nats/char) per variant; 'vs baseline' is the difference to the "
         f"{BASELINE} LSTM (positive: worse). "
