@@ -4,6 +4,7 @@ worker, duplicates; trials read back from Optuna and MLflow."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -15,6 +16,8 @@ from optuna.trial import TrialState
 from study import run
 from study.config import TrackingConfig
 from study.sweep import open_storage, param_key
+from study.sweep import storage as storage_mod
+from study.sweep.storage import STALE_AFTER_S, heartbeat, recover
 from study.tracking import tracking_uri
 from tests.test_probes import synthetic_prose
 
@@ -184,3 +187,44 @@ def test_bad_sweep_settings_are_rejected(tmp_path, capsys, bad, needle):
     assert run.main([str(cfg)]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "results" / "mlflow.db").exists()
+
+
+def test_a_database_storage_url_works(tmp_path):
+    """Any Optuna storage URL works: SQLite here, the same RDBStorage code as PostgreSQL
+    for workers on several machines."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cfg = write_config(tmp_path, {**GRID4, "trials": 2, "storage": url})
+    assert run.main([str(cfg), "--workers", "2", "--no-progress"]) == 0
+    trials = optuna.load_study(study_name="s", storage=open_storage(url)).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(isinstance(t.user_attrs["heartbeat"], float) for t in trials)
+    assert len(mlflow_runs(tmp_path, "trial")[1]) == 2
+
+
+def test_a_trial_whose_remote_worker_went_silent_is_run_again(tmp_path):
+    """On another machine a worker's process cannot be checked: its heartbeat is."""
+    study = optuna.create_study(study_name="r", storage=open_storage(
+        f"journal:{tmp_path / 'r.journal'}"))
+    now = time.time()
+    for beat in (now - STALE_AFTER_S - 1, now - 5):
+        t = study.ask({"k2": optuna.distributions.IntDistribution(2, 64)})
+        t.set_user_attr("worker", "another-machine:4242:123456")
+        t.set_user_attr("heartbeat", beat)
+    assert recover(study) == [0]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {0: TrialState.FAIL, 1: TrialState.RUNNING, 2: TrialState.WAITING}
+    assert study.trials[2].system_attrs["fixed_params"] == study.trials[0].params
+    assert study.trials[2].user_attrs["retry_of"] == 0
+    assert "stopped during the trial" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_the_heartbeat_stamps_a_running_trial(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_S", 0.05)
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path / 'h.journal'}"))
+    trial = study.ask()
+    with heartbeat(trial):
+        time.sleep(0.3)
+    first = study.trials[0].user_attrs["heartbeat"]
+    assert time.time() - 0.3 < first <= time.time()
+    time.sleep(0.15)  # stopped with the block: no more stamps
+    assert study.trials[0].user_attrs["heartbeat"] == first

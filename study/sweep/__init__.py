@@ -1,0 +1,320 @@
+"""The Optuna side (the only package that imports optuna): studies of TBPTT and clipping.
+
+`python -m study.run configs/sweep_bptt_clip.yaml [--workers N]` runs an Optuna study
+when the config's `sweep.enabled` is true. Each trial trains model.cell on data.corpus
+with its own k2 (steps back-propagated), k1 (new steps per update, a fraction of k2),
+clipping scheme and threshold (and optionally learning rate) for a fixed budget of
+train.epochs, reporting the validation loss (nats/char) every epoch so that the pruner
+can stop bad trials; the objective is the validation loss after the last epoch.
+
+Storage: the default is a journal file under <results>/optuna/, safe for several
+processes on one machine; any Optuna storage URL works (postgresql://... for workers on
+several machines). Re-running the same command resumes the study by name.
+
+Bookkeeping, so that no trial is lost or trained twice:
+- Grid points are enqueued once, by the process that starts the study; workers pop them
+  atomically, so parallel workers never take the same point.
+- Every trial records the worker running it (host, pid, process start) and a heartbeat
+  every 30 s. A RUNNING trial whose worker is gone (its process, on this machine; its
+  heartbeat stale for 5 minutes, from another) is marked failed with that reason and its
+  parameters are enqueued again, before any new trial is asked for.
+- "Count, then ask" happens under a file lock next to the journal, so the number of
+  finished trials is exactly the one asked for.
+- A TPE or random suggestion equal to a finished trial's parameters takes that trial's
+  outcome instead of training again (tagged duplicate_of).
+
+MLflow: one parent run per study, one child run per trial, written by the objective
+itself (per-epoch metrics, params, trial number and state as tags). At the end the parent
+gets the best trial, parameter importances (PED-ANOVA and fANOVA) and figures.
+
+Modules: this one runs trials and workers; `storage` (where the study lives, who runs
+which trial), `space` (the search space, samplers, pruners), `summary` (the end of a
+study).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from study import config as config_mod
+from study.config import Config, ConfigError
+from study.data import load_corpus
+from study.sweep.space import (
+    clip_label,
+    grid_points,
+    make_pruner,
+    make_sampler,
+    param_key,
+    suggest,
+    trial_config,
+)
+from study.sweep.storage import (
+    COUNTED,
+    ask_lock,
+    claim,
+    counted,
+    heartbeat,
+    is_alive,
+    open_storage,
+    recover,
+    storage_url,
+    study_name,
+)
+from study.sweep.summary import summarise
+
+__all__ = ["Diverged", "open_storage", "param_key", "run_sweep"]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------
+# one trial
+
+
+def run_trial(study, trial, cfg: Config, corpus, store, parent, progress: bool) -> float:
+    from study.train import train
+
+    params = suggest(trial, cfg.sweep)
+    twin = _twin(study, trial, params)
+    if twin is not None:
+        trial.set_user_attr("duplicate_of", twin.number)
+        print(f"trial {trial.number}: same parameters as trial {twin.number}, not trained "
+              "again", file=sys.stderr)
+        if twin.state == TrialState.COMPLETE:
+            return twin.value
+        if twin.state == TrialState.PRUNED:
+            raise optuna.TrialPruned(f"duplicate of pruned trial {twin.number}")
+        trial.set_user_attr("diverged", True)
+        raise Diverged(twin.user_attrs.get("fail_reason", f"as trial {twin.number}"))
+    child = trial_config(cfg, params)
+    tracker = None
+    if store is not None:
+        tracker = store.start(f"trial-{trial.number}", {
+            "kind": "trial", "study": study.study_name, "trial_number": trial.number,
+            "variant": child.model.cell, "dataset": child.data.corpus,
+            "config_hash": config_mod.run_hash(child), "data_sha256": corpus.sha256,
+            "clip": clip_label(params), "k2": params["k2"]}, parent=parent)
+        tracker.log_config(child)
+        tracker.log_params({f"trial.{k}": v for k, v in params.items()})
+        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+    print(f"trial {trial.number}: k2={params['k2']} k1={child.train.k1} "
+          f"clip={clip_label(params)} lr={child.train.lr:g}", file=sys.stderr)
+
+    def report(epoch, row):
+        val = row["val_nats_per_char"]
+        trial.report(val, epoch)
+        # after the last epoch the budget is spent: the trial is complete, not pruned
+        if epoch < child.train.epochs and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}: val {val:.4f} nats/char")
+
+    ckpt = Path(cfg.tracking.results_dir) / "checkpoints" / cfg.tracking.experiment / \
+        f"{study.study_name}-trial{trial.number}"
+    try:
+        res = train(child, corpus, tracker, ckpt, progress=progress, on_epoch=report)
+    except optuna.TrialPruned as e:
+        trial.set_user_attr("pruned_reason", str(e))
+        if tracker is not None:
+            tracker.set_tags({"trial_state": "PRUNED"})
+            tracker.end("KILLED", str(e))
+        raise
+    except BaseException as e:
+        if tracker is not None:
+            tracker.set_tags({"trial_state": "FAIL"})
+            tracker.end("FAILED", f"{type(e).__name__}: {e}")
+        raise
+    if res.status != "finished":
+        trial.set_user_attr("diverged", True)
+        trial.set_user_attr("fail_reason", res.reason)
+        if tracker is not None:
+            tracker.set_tags({"trial_state": "FAIL"})
+            tracker.end("FAILED", res.reason)
+        raise Diverged(res.reason)
+    value = res.history[-1]["val_nats_per_char"]
+    trial.set_user_attr("best_val_nats_per_char", res.best_val)
+    trial.set_user_attr("test_nats_per_char", res.test)
+    if tracker is not None:
+        tracker.set_tags({"trial_state": "COMPLETE"})
+        tracker.end("FINISHED")
+    return value
+
+
+def _twin(study, trial, params):
+    """A finished trial with the same parameters (waiting for a running one)."""
+    key = param_key(params)
+    while True:
+        running = False
+        for t in study.get_trials(deepcopy=False):
+            if t.number == trial.number or param_key(t.params) != key:
+                continue
+            if t.state in COUNTED or (t.state == TrialState.FAIL and t.user_attrs.get("diverged")):
+                return t
+            if t.state == TrialState.RUNNING and is_alive(t):
+                running = True
+        if not running:
+            return None
+        time.sleep(5)
+
+
+# ---------------------------------------------------------------------------------------
+# workers
+
+
+def work(cfg_dict: dict, url: str, name: str, parent_run_id: str | None, worker: int,
+         target: int, threads: int | None, progress: bool) -> None:
+    """One worker: ask for trials and run them until `target` trials count."""
+    cfg = config_mod.from_dict(cfg_dict, "<sweep worker>")
+    if threads:
+        torch.set_num_threads(threads)
+    study = optuna.load_study(study_name=name, storage=open_storage(url),
+                              sampler=make_sampler(cfg.sweep, worker), pruner=make_pruner(cfg))
+    store = parent = None
+    if cfg.tracking.enabled:
+        from study.tracking import RunTracker, Store
+
+        store = Store(cfg.tracking)
+        parent = RunTracker(store.client, parent_run_id) if parent_run_id else None
+    corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")
+    surprises = 0
+    while True:
+        with ask_lock(url):
+            recover(study, store)
+            if counted(study) >= target:
+                return
+            trial = study.ask()
+            claim(trial)
+        try:
+            with heartbeat(trial):
+                value = run_trial(study, trial, cfg, corpus, store, parent, progress)
+            study.tell(trial, value)
+            surprises = 0
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except Diverged as e:
+            trial.set_user_attr("fail_reason", str(e))
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number} diverged: {e}", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - record, go on, but not forever
+            traceback.print_exc()
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+            study.tell(trial, state=TrialState.FAIL)
+            surprises += 1
+            if surprises >= 3:
+                raise RuntimeError("three trials in a row failed unexpectedly; stopping") from e
+
+
+def _worker_entry(*args) -> None:
+    work(*args)
+
+
+# ---------------------------------------------------------------------------------------
+# the study
+
+
+def run_sweep(cfg: Config, workers: int | None = None, progress: bool = True) -> dict:
+    s = cfg.sweep
+    workers = workers or s.workers
+    name, url = study_name(cfg), storage_url(cfg)
+    corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")  # fail early
+    del corpus
+    digest = _digest(cfg)
+    study = optuna.create_study(study_name=name, storage=open_storage(url), direction="minimize",
+                                load_if_exists=True, sampler=make_sampler(s),
+                                pruner=make_pruner(cfg))
+    if study.user_attrs.get("config_digest", digest) != digest:
+        raise ConfigError(f"study {name!r} in {url} was started with another configuration; "
+                          "resume it with the same config, or set sweep.name to start anew")
+    study.set_user_attr("config_digest", digest)
+    store = parent = None
+    if cfg.tracking.enabled:
+        from study.tracking import RunTracker, Store
+
+        store = Store(cfg.tracking)
+        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        if run_id and store.client.get_run(run_id).info.experiment_id == store.experiment_id:
+            parent = store.start(name, {}, run_id=run_id)
+        else:
+            parent = store.start(name, {"kind": "study", "study": name, "config_hash": digest,
+                                        "storage": url, "mlflow.note.content": _describe(cfg)})
+            parent.log_config(cfg)
+            study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        assert isinstance(parent, RunTracker)
+    with ask_lock(url):
+        recover(study, store)
+        target = s.trials
+        if s.sampler == "grid":
+            points = grid_points(s)
+            target = min(s.trials, len(points))
+            have = {param_key(t.params) for t in study.get_trials(deepcopy=False)
+                    if t.state != TrialState.FAIL or t.user_attrs.get("diverged")}
+            have |= {param_key(t.params) for t in study.get_trials(
+                deepcopy=False, states=(TrialState.WAITING,))}
+            for p in points[:target]:
+                if param_key(p) not in have:
+                    study.enqueue_trial(p)
+    done_before = counted(study)
+    print(f"study {name!r}: {done_before} of {target} trials counted so far; {workers} "
+          f"worker(s); storage {url}", file=sys.stderr)
+    t0 = time.perf_counter()
+    args = (config_mod.to_dict(cfg), url, name, parent.run_id if parent else None)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    try:
+        if workers == 1:
+            work(*args, 0, target, None, progress)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            procs = [ctx.Process(target=_worker_entry, args=(*args, w, target, threads, False))
+                     for w in range(workers)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            bad = [p.exitcode for p in procs if p.exitcode != 0]
+            if bad:
+                raise RuntimeError(f"{len(bad)} worker(s) exited with codes {bad}; re-run the "
+                                   "command to resume the study")
+    except BaseException as e:
+        if parent is not None:
+            killed = isinstance(e, KeyboardInterrupt)
+            parent.end("KILLED" if killed else "FAILED",
+                       "interrupted; re-run to resume" if killed else f"{type(e).__name__}: {e}")
+        raise
+    minutes = (time.perf_counter() - t0) / 60
+    summary = summarise(study, cfg, parent, minutes)
+    if parent is not None:
+        parent.end("FINISHED")
+    return summary
+
+
+def _digest(cfg: Config) -> str:
+    d = config_mod.to_dict(cfg)
+    d.pop("tracking")
+    d["sweep"].pop("workers")
+    d["sweep"].pop("trials")  # asking for more trials continues the same study
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _describe(cfg: Config) -> str:
+    s = cfg.sweep
+    space = (f"grid k2 {s.grid_k2} × k1/k2 {s.grid_k1_fraction} × clip {s.grid_clip}"
+             + (f" × lr {s.grid_lr}" if s.grid_lr else "")) if s.sampler == "grid" else (
+        f"k2 {s.k2_min}..{s.k2_max} (log) × k1/k2 {s.k1_fractions} × clip {s.clip_modes} "
+        f"{s.clip_min}..{s.clip_max}" + (f" × lr {s.lr_min}..{s.lr_max}" if s.lr_min else ""))
+    return (f"Optuna study of TBPTT and clipping: {cfg.model.cell} on {cfg.data.corpus}, "
+            f"{cfg.model.num_layers}×{cfg.model.hidden_size}, {cfg.train.epochs} epochs per "
+            f"trial; {s.sampler} sampler, {s.pruner} pruner; {space}. Objective: validation "
+            "loss after the last epoch, nats/char.")
