@@ -9,12 +9,16 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+# one progress bar per small CSV artifact drowns the report's own output
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 NUMERIC_PARAMS = ("model.num_layers", "model.hidden_size", "train.seed", "train.seq_len",
                   "train.epochs", "train.lr")
