@@ -145,9 +145,7 @@ def run_ablation(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus], *
             rows.append(_row_from_result(spec, res, tracker.run_id if tracker else ""))
     except BaseException as e:
         if parent is not None:
-            interrupted = isinstance(e, KeyboardInterrupt)
-            parent.end("KILLED" if interrupted else "FAILED",
-                       "interrupted" if interrupted else f"{type(e).__name__}: {e}")
+            parent.end_after(e, "re-run with --resume to continue")
         raise
     if parent is not None:
         table = summary_table(rows)

@@ -157,3 +157,10 @@ class RunTracker:
         if reason:
             self.set_tags({"failure_reason": reason[:5000]})
         self.client.set_terminated(self.run_id, status=status)
+
+    def end_after(self, error: BaseException, resume_hint: str = "") -> None:
+        """End the run for an exception: KILLED for Ctrl-C, FAILED for anything else."""
+        if isinstance(error, KeyboardInterrupt):
+            self.end("KILLED", "interrupted" + (f"; {resume_hint}" if resume_hint else ""))
+        else:
+            self.end("FAILED", f"{type(error).__name__}: {error}")

@@ -265,3 +265,19 @@ def test_probes_can_run_again_on_a_logged_run(smoke):
     with pytest.raises(SystemExit, match="only probes"):
         inspect.main([r.info.run_id, "--probe", "--tracking-uri", uri, "--set",
                       "train.lr=1"])
+
+
+def test_ctrl_c_leaves_the_runs_killed_with_how_to_continue(tmp_path, monkeypatch):
+    import study.train
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.train, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run.main([SMOKE, "--no-progress", "--set", f"tracking.results_dir={tmp_path}"])
+    client = client_for(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert {r.data.tags["kind"]: r.info.status for r in runs} == {"ablation": "KILLED",
+                                                                  "train": "KILLED"}
+    assert all("--resume" in r.data.tags["failure_reason"] for r in runs)

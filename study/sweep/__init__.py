@@ -289,9 +289,7 @@ def run_sweep(cfg: Config, workers: int | None = None, progress: bool = True) ->
                                    "command to resume the study")
     except BaseException as e:
         if parent is not None:
-            killed = isinstance(e, KeyboardInterrupt)
-            parent.end("KILLED" if killed else "FAILED",
-                       "interrupted; re-run to resume" if killed else f"{type(e).__name__}: {e}")
+            parent.end_after(e, "re-run the command to resume the study")
         raise
     minutes = (time.perf_counter() - t0) / 60
     summary = summarise(study, cfg, parent, minutes)
