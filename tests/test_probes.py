@@ -162,33 +162,26 @@ def test_saturation_fractions_of_a_hand_set_gate_are_exact():
     assert m["sat.L1.f.units_right_gt50pct"] == 0 and m["sat.L1.i.right_mean"] == 0
 
 
-def test_binary_gates_show_saturation_by_construction():
-    text = synthetic_prose(20)
+def _saturation_of_a_random_model(cell, init_range, chars, **probe_settings):
+    text = synthetic_prose(chars)
     vocab = "".join(sorted(set(text)))
     torch.manual_seed(0)
-    model = CharLM(len(vocab), ModelConfig(cell="binary", hidden_size=8, num_layers=1,
-                                           init_range=1.0))
+    model = CharLM(len(vocab), ModelConfig(cell=cell, hidden_size=8, num_layers=1,
+                                           init_range=init_range))
     ids = torch.tensor([vocab.index(c) for c in text])
     acts = probes.read(model, ids, lambda t: "".join(vocab[int(i)] for i in t),
-                       ProbesConfig(streams=1, warmup=0))
-    table = probes.saturation_table(acts)
+                       ProbesConfig(streams=1, warmup=0, **probe_settings))
+    return probes.saturation_table(acts)
+
+
+def test_binary_gates_show_saturation_by_construction():
+    table = _saturation_of_a_random_model("binary", 1.0, 20)
     np.testing.assert_allclose(table.frac_left + table.frac_right, 1.0)
 
 
 def test_gru_update_gate_convention_is_selectable():
-    text = synthetic_prose(10)
-    vocab = "".join(sorted(set(text)))
-    torch.manual_seed(0)
-    model = CharLM(len(vocab), ModelConfig(cell="gru", hidden_size=8, num_layers=1,
-                                           init_range=2.0))
-    ids = torch.tensor([vocab.index(c) for c in text])
-
-    def sat(conv):
-        acts = probes.read(model, ids, lambda t: "".join(vocab[int(i)] for i in t),
-                           ProbesConfig(streams=1, warmup=0, gru_update=conv))
-        return probes.saturation_table(acts)
-
-    a, b = sat("pytorch"), sat("charrnn")
+    a = _saturation_of_a_random_model("gru", 2.0, 10, gru_update="pytorch")
+    b = _saturation_of_a_random_model("gru", 2.0, 10, gru_update="charrnn")
     assert set(a.gate) == {"r", "u"} and set(b.gate) == {"r", "z (char-rnn: 1-u)"}
     u, z = a[a.gate == "u"], b[b.gate != "r"]
     np.testing.assert_allclose(u.frac_left.values, z.frac_right.values)  # z = 1 − u

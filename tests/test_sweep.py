@@ -106,11 +106,15 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path)
     assert failed[0].data.tags["failure_reason"] == bad.user_attrs["fail_reason"]
 
 
+# a learning rate that trains and one that cannot, under a median pruner from trial 2 on
+GOOD_AND_BAD_LR_MEDIAN = {"sampler": "grid", "grid_k2": [16], "grid_clip": ["none"],
+                          "grid_lr": [1e-2, 1e-7], "k2_min": 4, "k2_max": 64, "trials": 2,
+                          "pruner": "median", "pruner_startup_trials": 1,
+                          "pruner_warmup_epochs": 0}
+
+
 def test_pruning_stops_a_bad_trial_before_its_last_epoch(tmp_path):
-    cfg = write_config(tmp_path, {"sampler": "grid", "grid_k2": [16], "grid_clip": ["none"],
-                                  "grid_lr": [1e-2, 1e-7], "k2_min": 4, "k2_max": 64,
-                                  "trials": 2, "pruner": "median", "pruner_startup_trials": 1,
-                                  "pruner_warmup_epochs": 0}, train={"epochs": 3})
+    cfg = write_config(tmp_path, GOOD_AND_BAD_LR_MEDIAN, train={"epochs": 3})
     assert run.main([str(cfg), "--no-progress"]) == 0
     good, bad = sorted(study_of(tmp_path).get_trials(), key=lambda t: -t.params["lr"])
     assert good.state == TrialState.COMPLETE and len(good.intermediate_values) == 3
@@ -124,10 +128,7 @@ def test_pruning_stops_a_bad_trial_before_its_last_epoch(tmp_path):
 
 def test_a_trial_that_spent_its_budget_is_complete_not_pruned(tmp_path):
     # one epoch: the bad trial is behind the median at its last (only) report
-    cfg = write_config(tmp_path, {"sampler": "grid", "grid_k2": [16], "grid_clip": ["none"],
-                                  "grid_lr": [1e-2, 1e-7], "k2_min": 4, "k2_max": 64,
-                                  "trials": 2, "pruner": "median", "pruner_startup_trials": 1,
-                                  "pruner_warmup_epochs": 0}, train={"epochs": 1})
+    cfg = write_config(tmp_path, GOOD_AND_BAD_LR_MEDIAN, train={"epochs": 1})
     assert run.main([str(cfg), "--no-progress"]) == 0
     assert [t.state for t in study_of(tmp_path).get_trials()] == [TrialState.COMPLETE] * 2
 
