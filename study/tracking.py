@@ -101,9 +101,6 @@ class Store:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         return RunTracker(self.client, run.info.run_id)
 
-    def metric_history(self, run_id: str, key: str) -> list:
-        return self.client.get_metric_history(run_id, key)
-
 
 class RunTracker:
     """One MLflow run, by id. Has the calls train() makes (see train.NullTracker)."""
