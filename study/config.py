@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,6 +178,9 @@ class AblationConfig:
     match_params_to: str | None = opt(
         None, "give each variant the width whose parameter count is closest to this cell's "
         "at model.hidden_size (Karpathy15's equal-size rows)")
+    storage: str | None = opt(
+        None, "Optuna storage URL of the grid's work queue (default: a journal file under "
+        "<results>/optuna/; postgresql://... to share one grid between machines)")
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,14 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. "
                               "--set train.lr=1e-3")
-        _assign(raw, key.strip().split("."), yaml.safe_load(value) if value.strip() else None)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value {value!r} is not valid YAML ({first});"
+                              " quote a string, e.g. --set 'tracking.experiment=\"a: b\"', "
+                              "or write lists as [1, 2]") from None
+        _assign(raw, key.strip().split("."), parsed)
     if overrides:
         source += f" (with --set {' '.join(overrides)})"
     return from_dict(raw, source)
@@ -296,7 +307,7 @@ def _scalar(value: Any, tp: type, f: dataclasses.Field, key: str, source: str) -
             as_float = float(value)
         except ValueError:
             raise bad from None
-        if as_float != int(as_float):
+        if not math.isfinite(as_float) or as_float != int(as_float):
             raise bad
         value = int(as_float)
     elif tp is float:
@@ -307,6 +318,9 @@ def _scalar(value: Any, tp: type, f: dataclasses.Field, key: str, source: str) -
             value = float(value)
         except (TypeError, ValueError):
             raise bad from None
+        if not math.isfinite(value):  # NaN passes every range check; inf is no setting
+            raise ConfigError(f"{source}: {key} = {value!r} is not a finite number "
+                              f"({f.metadata.get('doc', '')})")
     elif tp is str and not isinstance(value, str):
         raise bad
     m = f.metadata
@@ -323,9 +337,27 @@ def _scalar(value: Any, tp: type, f: dataclasses.Field, key: str, source: str) -
     return value
 
 
+def check_name(value: str, key: str, source: str = "") -> None:
+    """Names that become folder or file names (experiment, config and study names) must
+    stay inside results_dir: no path separators, no '..', nothing empty or hidden."""
+    bad = (not value.strip() or "/" in value or "\\" in value or ".." in value
+           or value.startswith(".") or any(ord(c) < 32 for c in value))
+    if bad:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}{key} = {value!r} is not a usable name: it becomes a folder "
+                          "name under tracking.results_dir, so it must be non-empty, not start "
+                          "with '.', and hold no '/', '\\', '..' or control characters; e.g. "
+                          "'ablation-wp'")
+
+
 def _check_cross_field(cfg: Config, source: str) -> None:
     from study.cells import CELLS, get_cell_class  # the registry is the list of valid names
     from study.data import CORPORA
+
+    for key, value in (("name", cfg.name), ("tracking.experiment", cfg.tracking.experiment),
+                       ("sweep.name", cfg.sweep.name)):
+        if value is not None:
+            check_name(value, key, source)
 
     for name in [cfg.model.cell, *cfg.ablation.variants,
                  *([cfg.ablation.match_params_to] if cfg.ablation.match_params_to else [])]:
@@ -365,9 +397,10 @@ def _check_cross_field(cfg: Config, source: str) -> None:
                           "(one file per config); remove one of them")
     if cfg.data.splits is not None:
         s = cfg.data.splits
-        if len(s) != 3 or min(s) < 0 or abs(sum(s) - 1) > 1e-6 or s[0] == 0 or s[1] == 0:
+        if len(s) != 3 or min(s) <= 0 or abs(sum(s) - 1) > 1e-6:
             raise ConfigError(f"{source}: data.splits = {s} must be three fractions "
-                              "train/val/test summing to 1, train and val > 0")
+                              "train/val/test, each > 0 (the test loss needs a test split), "
+                              "summing to 1, e.g. [0.8, 0.1, 0.1]")
     if cfg.probes.left >= cfg.probes.right:
         raise ConfigError(f"{source}: probes.left = {cfg.probes.left} must be below "
                           f"probes.right = {cfg.probes.right}")
