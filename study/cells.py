@@ -150,6 +150,7 @@ class Cell:
     gates: tuple[str, ...] = ()  # gate names the probes can read
     supports_truncated_gradient = False
     torch_blocks: tuple[str, ...] | None = None  # block order of the nn.LSTM/nn.GRU twin
+    discrete_gates = False  # gates are exactly 0 or 1 (the saturation plot says so)
 
     def __init__(self, hidden_size: int, truncated_gradient: bool = False):
         if truncated_gradient and not self.supports_truncated_gradient:
@@ -492,6 +493,7 @@ class Binary(LSTMFamily):
     estimator). Otherwise the baseline, peepholes included."""
 
     sigma = BINARY
+    discrete_gates = True
 
 
 # ---------------------------------------------------------------------------------------

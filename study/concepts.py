@@ -1,10 +1,15 @@
-"""Concepts computed from the text alone: one value per character, for scoring units.
+r"""Concepts computed from the text alone: one value per character, for scoring units.
 
 Each concept is a plain function text -> np.ndarray (one value per character) in the
 registry CONCEPTS, declared binary (scored by ROC-AUC) or continuous (scored by Pearson
 and Spearman correlation). The value at position t is the state *after* reading
 character t, which is what a model's activation at step t can know. Adding a concept is
 one decorated function.
+
+Every concept takes any text (empty, one character, CRLF, tabs, any Unicode) and returns a
+float32 array of len(text) values. A line ends at '\n' and nowhere else: '\r' is an
+ordinary character (so a CRLF line's '\r' belongs to it), as are the other separators
+str.splitlines knows (\v, \f, \x1c-\x1e, \x85, \u2028, \u2029).
 
 The code concepts share one pass of a small C lexer that knows block and line comments,
 string and character literals and backslash escapes, so that a quote inside a comment, a
@@ -65,6 +70,8 @@ def in_quotes(text: str) -> np.ndarray:
 
 @concept("continuous", "characters since the last newline (0 at the newline)")
 def line_position(text: str) -> np.ndarray:
+    r"""Lines end at '\n' only: '\r' (of a CRLF) counts as a character of its line, and
+    so do \v, \f, \x85, \u2028 and the other characters str.splitlines would break at."""
     out = np.zeros(len(text), np.float32)
     pos = 0
     for t, ch in enumerate(text):
@@ -187,9 +194,13 @@ def in_if_condition(text: str) -> np.ndarray:
 
 @concept("continuous", "indentation of the current line in columns (tab = 8)")
 def indentation(text: str) -> np.ndarray:
+    r"""The width of the spaces and tabs that open the line, on every character of the line
+    (its '\n' included). Lines end at '\n' only, as in line_position: '\r' and the other
+    characters str.splitlines breaks at (\v, \f, \x1c-\x1e, \x85, \u2028, \u2029) are
+    ordinary characters, which end the indentation like any character but ' ' and '\t'."""
     out = np.zeros(len(text), np.float32)
     start = 0
-    for line in text.splitlines(keepends=True):
+    for line in text.split("\n"):
         width = 0
         for ch in line:
             if ch == " ":
@@ -198,8 +209,9 @@ def indentation(text: str) -> np.ndarray:
                 width += 8 - width % 8
             else:
                 break
-        out[start:start + len(line)] = width
-        start += len(line)
+        end = start + len(line) + 1  # and its '\n' (past the end for the last line)
+        out[start:end] = width
+        start = end
     return out
 
 

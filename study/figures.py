@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from study.traces import trace_rows  # noqa: E402
+
 LAYER_COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
@@ -39,38 +41,28 @@ def saturation_scatter(table: pd.DataFrame, title: str, left: float, right: floa
 
 
 def _rgb(v: float) -> tuple[float, float, float]:
-    """−1 red, 0 white, +1 blue (Karpathy15's cell figures)."""
+    """−1 red, 0 white, +1 blue (Karpathy15's cell figures); grey for not a number."""
+    if not np.isfinite(v):
+        return (0.85, 0.85, 0.85)
     v = float(np.clip(v, -1, 1))
     return (1.0, 1 + v, 1 + v) if v < 0 else (1 - v, 1 - v, 1.0)
 
 
 def trace_png(text: str, values: np.ndarray, title: str, width: int = 80):
-    """The text as a grid of characters, each on a cell coloured by the unit's value."""
-    rows, row = [], []
-    for ch, v in zip(text, values, strict=True):
-        if ch == "\r":
-            continue
-        if ch == "\n" or len(row) >= width:
-            if ch == "\n":
-                row.append(("↵", v))
-            rows.append(row)
-            row = []
-            continue
-        row.append((ch, v))
-    rows.append(row)
-    n_rows = len(rows)
+    r"""The text as a grid of `width` columns, a character on each cell coloured by the
+    unit's value, laid out by study.traces.trace_rows (long lines wrap, '\n' is '↵')."""
+    rows = trace_rows(text, values, width)
+    n_rows = max(1, len(rows))
     fig = plt.figure(figsize=(width * 0.11 + 0.4, n_rows * 0.2 + 0.7))
     ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.5 / (n_rows * 0.2 + 0.7)))
-    img = np.ones((n_rows, width, 3))
-    for r, cells in enumerate(rows):
-        for c, (_, v) in enumerate(cells):
+    img = np.ones((n_rows, width, 3))  # (row, column, RGB)
+    for r, row in enumerate(rows):
+        for c, (ch, v) in enumerate(row):
             img[r, c] = _rgb(v)
-    ax.imshow(img, aspect="auto", interpolation="nearest", extent=(0, width, n_rows, 0))
-    for r, cells in enumerate(rows):
-        for c, (ch, _) in enumerate(cells):
             if not ch.isspace():
                 ax.text(c + 0.5, r + 0.5, ch, ha="center", va="center", fontsize=7,
-                        family="monospace")
+                        family="monospace", parse_math=False)
+    ax.imshow(img, aspect="auto", interpolation="nearest", extent=(0, width, n_rows, 0))
     ax.set_axis_off()
     fig.suptitle(title, fontsize=8, y=0.995)
     return fig

@@ -13,16 +13,23 @@ streams with the state carried, leaving out each stream's first `warmup` steps.
 - Error flow: the mean norm of dℓ_t/dh_(t−q) and dℓ_t/dc_(t−q) against the distance q,
   at initialisation and after training: the quantity behind the vanishing-gradient
   argument (Hochreiter 1991/97, Pascanu13).
+
+Each probe runs under its own guard (`run_probes`): one that fails prints its traceback,
+loses only its own outputs and is named in ProbeResult.failed; the others are still
+computed, written and logged. The traces themselves are drawn by study.traces.
 """
 
 from __future__ import annotations
 
-import html
 import math
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +42,7 @@ from study.concepts import CONCEPTS, signals
 from study.config import ProbesConfig
 from study.model import CharLM
 from study.scan import record_state_grads
+from study.traces import trace_html, write_traces  # noqa: F401 (trace_html: for study.inspect)
 
 # ---------------------------------------------------------------------------------------
 # reading a stretch of text
@@ -58,12 +66,15 @@ def gate_label(cell, name: str, gru_update: str) -> str:
 @torch.no_grad()
 def read(model: CharLM, ids: torch.Tensor, decode, cfg: ProbesConfig,
          chunk: int = 500) -> Activations:
-    """Run the model over `ids` in cfg.streams streams and gather what the probes need."""
+    """Run the model over `ids` in cfg.streams streams and gather what the probes need.
+    A stream shorter than the warm-up keeps its last step, so that any text but the empty
+    one leaves something to score."""
     B = min(cfg.streams, max(1, len(ids) // (cfg.warmup + 10)))
     L = len(ids) // B
+    warmup = max(0, min(cfg.warmup, L - 1))
     x = ids[:B * L].long().view(B, L).t().contiguous().to(next(model.parameters()).device)
     keep = np.zeros((B, L), bool)
-    keep[:, min(cfg.warmup, L - 1):] = True
+    keep[:, warmup:] = True
     n_keep = keep[0].sum()
     states: dict[tuple[int, str], list] = {}
     left: dict[tuple[int, str], torch.Tensor] = {}
@@ -73,7 +84,7 @@ def read(model: CharLM, ids: torch.Tensor, decode, cfg: ProbesConfig,
     state = None
     for start in range(0, L, chunk):
         inner, state = model.internals(x[start:start + chunk], state)
-        lo = max(0, min(cfg.warmup, L) - start)  # steps of this chunk past the warm-up
+        lo = max(0, warmup - start)  # steps of this chunk past the warm-up
         for l in range(len(model.layers)):
             for kind, seq in (("c", inner.c[l]), ("h", inner.h[l])):
                 if seq is not None:
@@ -147,8 +158,13 @@ def pearson(values: np.ndarray, target: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (v * t[:, None]).sum(0) / denom, np.nan)
 
 
+UNIT_COLUMNS = ["layer", "state", "unit", "concept", "kind", "score", "sign", "auc",
+                "pearson", "spearman"]
+
+
 def unit_scores(acts: Activations, concept_names: list[str] | None = None) -> pd.DataFrame:
-    """One row per (layer, state, unit, concept): the score and its sign."""
+    """One row per (layer, state, unit, concept): the score and its sign (NaN and 0 where
+    the stretch gives no score: a concept constant over it)."""
     sig = signals(acts.text, concept_names)
     keep = acts.keep
     rows = []
@@ -173,11 +189,11 @@ def unit_scores(acts: Activations, concept_names: list[str] | None = None) -> pd
                        if np.isfinite(score[unit]) else 0}
                 row.update({k: float(x[unit]) for k, x in extra.items()})
                 rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=UNIT_COLUMNS)
 
 
 def best_units(scores: pd.DataFrame, top: int = 1) -> pd.DataFrame:
-    ok = scores[np.isfinite(scores["score"])]
+    ok = scores[np.isfinite(scores["score"].astype(float))]
     return (ok.sort_values("score", ascending=False).groupby("concept", sort=False)
             .head(top).sort_values(["concept", "score"], ascending=[True, False]))
 
@@ -192,96 +208,6 @@ def describe_unit(row) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# traces
-
-
-def excerpt(signal: np.ndarray, keep: np.ndarray, length: int) -> slice:
-    """The window of `length` characters (past the warm-up) where the concept varies most."""
-    n = len(signal)
-    if n <= length:
-        return slice(0, n)
-    s = np.where(keep, signal, signal[keep].mean() if keep.any() else 0).astype(np.float64)
-    c1, c2 = np.concatenate([[0], np.cumsum(s)]), np.concatenate([[0], np.cumsum(s * s)])
-    starts = np.arange(0, n - length + 1, max(1, length // 10))
-    mean = (c1[starts + length] - c1[starts]) / length
-    var = (c2[starts + length] - c2[starts]) / length - mean ** 2
-    var = np.where(keep[starts], var, -1)
-    best = int(starts[np.argmax(var)])
-    return slice(best, best + length)
-
-
-def _css(v: float) -> str:
-    v = max(-1.0, min(1.0, float(v)))
-    a = int(255 * (1 - abs(v)))
-    return f"rgb(255,{a},{a})" if v < 0 else f"rgb({a},{a},255)"
-
-
-def trace_html(text: str, values: np.ndarray, title: str, subtitle: str = "") -> str:
-    """A self-contained page: each character on a background from red (−1) through white
-    to blue (+1), its value on hover."""
-    spans = []
-    for ch, v in zip(text, values, strict=True):
-        if ch == "\r":
-            continue
-        shown = "↵\n" if ch == "\n" else html.escape(ch)
-        spans.append(f'<span style="background:{_css(v)}" title="{float(v):+.2f}">'
-                     f"{shown}</span>")
-    return ("<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>"
-            "body{font-family:sans-serif;margin:1.5em;max-width:60em}"
-            ".t{font-family:monospace;white-space:pre-wrap;line-height:1.45;font-size:13px}"
-            ".k span{display:inline-block;width:2.2em;text-align:center;font-size:11px}"
-            "</style></head><body>"
-            f"<h3>{html.escape(title)}</h3><p>{html.escape(subtitle)}</p>"
-            "<p class='k'>value: " + "".join(
-                f"<span style='background:{_css(v)}'>{v:+.1f}</span>"
-                for v in (-1, -0.5, 0, 0.5, 1)) + "</p>"
-            f"<div class='t'>{''.join(spans)}</div></body></html>")
-
-
-def write_traces(acts: Activations, scores: pd.DataFrame, out: Path, cfg: ProbesConfig,
-                 title: str, png: bool = True) -> list[dict]:
-    """HTML (and PNG for each concept's best unit) traces, and an index.html."""
-    from study import figures
-
-    out.mkdir(parents=True, exist_ok=True)
-    sig = signals(acts.text, sorted(set(scores["concept"])))
-    links = []
-    for concept, sub in best_units(scores, cfg.top_units).groupby("concept", sort=True):
-        window = excerpt(sig[concept], acts.keep, cfg.trace_chars)
-        text = acts.text[window]
-        for rank, (_, row) in enumerate(sub.iterrows(), 1):
-            vals = acts.states[(row["layer"], row["state"])][window, row["unit"]]
-            vals = vals.astype(np.float32)
-            # named by rank, not unit, so that probing again replaces the files
-            name = f"{concept}_{rank}"
-            label = describe_unit(row)
-            (out / f"{name}.html").write_text(trace_html(
-                text, vals, f"{concept}: {label}",
-                f"{title}. {CONCEPTS[concept].about}. Characters {window.start}–{window.stop} "
-                f"of the probed validation text."), encoding="utf-8")
-            entry = {"concept": concept, "rank": rank, "unit": label, "html": f"{name}.html"}
-            if png and rank == 1:
-                fig = figures.trace_png(text[:600], vals[:600], f"{concept}: {label}")
-                fig.savefig(out / f"{name}.png", dpi=110)
-                figures.plt.close(fig)
-                entry["png"] = f"{name}.png"
-            links.append(entry)
-    items = "".join(
-        f"<li><b>{html.escape(e['concept'])}</b> #{e['rank']}: "
-        f"<a href='{e['html']}'>{html.escape(e['unit'])}</a>"
-        + (f" (<a href='{e['png']}'>png</a>)" if "png" in e else "") + "</li>" for e in links)
-    (out / "index.html").write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>units</title></head><body>"
-        f"<h3>{html.escape(title)}: the best units per concept</h3><ul>{items}</ul>"
-        "<p>AUC: ROC-AUC of the unit for the binary concept, max(AUC, 1 − AUC), sign (+) "
-        "when the unit is higher inside; ρ: Spearman's rank correlation (units ranked by "
-        "|ρ|), r: Pearson's.</p></body></html>",
-        encoding="utf-8")
-    return links
-
-
-# ---------------------------------------------------------------------------------------
 # error flow
 
 
@@ -289,15 +215,22 @@ def error_flow(model: CharLM, ids: torch.Tensor, q_max: int, batch: int,
                warmup: int = 100) -> pd.DataFrame:
     """Mean over `batch` sequences of ‖dℓ_t/dh_(t−q)‖ and ‖dℓ_t/dc_(t−q)‖, q = 0..q_max, per
     layer: ℓ_t is the loss at the last step t of a window of q_max + 1 steps, entered with
-    the state after `warmup` steps of text."""
+    the state after `warmup` steps of text. A text too short for that gives the distances
+    it has (q up to len(ids) − 2, with a shorter warm-up), none under two characters."""
     device = next(model.parameters()).device
+    q_max = min(q_max, len(ids) - 2)
+    if q_max < 0:
+        return pd.DataFrame(columns=["layer", "state", "q", "grad_norm"])
+    warmup = max(0, min(warmup, len(ids) - q_max - 2))
     span = warmup + q_max + 2
     starts = np.linspace(0, max(0, len(ids) - span - 1), batch).astype(int)
     seqs = torch.stack([ids[s:s + span].long() for s in starts], 1).to(device)  # (span, B)
     was_training = model.training
     model.eval()  # no dropout: the derivative of the model as it predicts
-    with torch.no_grad():
-        _, state, _ = model(seqs[:warmup])
+    state = None
+    if warmup:
+        with torch.no_grad():
+            _, state, _ = model(seqs[:warmup])
     x, y = seqs[warmup:warmup + q_max + 1], seqs[warmup + q_max + 1]
     with torch.enable_grad(), record_state_grads() as rec:
         logits, _, _ = model(x, state)
@@ -318,91 +251,156 @@ def error_flow(model: CharLM, ids: torch.Tensor, q_max: int, batch: int,
 # all of it, for one run
 
 
+@dataclass
+class ProbeResult:
+    metrics: dict[str, float] = field(default_factory=dict)  # of the probes that succeeded
+    failed: dict[str, str] = field(default_factory=dict)  # probe -> "ExcType: message"
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@contextmanager
+def _guard(result: ProbeResult, name: str, out: Path | None = None):
+    """Run one probe. It writes its files into the folder yielded (with `out`: a staging
+    folder whose files move into `out` when the probe succeeds). A failure prints its
+    traceback, drops the probe's files and is recorded in `result.failed`; it goes no
+    further, so that the other probes still run."""
+    stage = None
+    if out is not None:
+        stage = out.parent / f"{out.name}.{name}"
+        stage.mkdir()
+    try:
+        yield stage
+    except Exception as e:  # noqa: BLE001 (reported in result.failed, which callers check)
+        print(f"probes: the {name} probe failed:", file=sys.stderr)
+        traceback.print_exc()
+        result.failed[name] = f"{type(e).__name__}: {e}"
+    else:
+        if stage is not None:
+            for path in stage.iterdir():
+                path.rename(out / path.name)
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 def run_probes(model: CharLM, corpus, cfg: ProbesConfig, tracker, title: str,
-               init_model: CharLM | None = None, step: int | None = None,
-               full: bool = True) -> dict:
-    """Probe `model` on the validation split and log to `tracker`. full=False logs only the
-    summary metrics (for the every-N-epochs probes). Returns the summary metrics."""
+               init_model: CharLM | Callable[[], CharLM] | None = None,
+               step: int | None = None, full: bool = True) -> ProbeResult:
+    """Probe `model` on the validation split and log to `tracker`: the saturation, units,
+    traces and error-flow probes, each under its own guard (the traces need the units'
+    scores: when those fail, no traces are drawn). full=False computes and logs only the
+    saturation and unit metrics (for the every-N-epochs probes). `init_model` (or a function
+    that builds it, called only when the error flow is measured) adds the error flow at
+    initialisation. Returns the metrics of the probes that succeeded and the failures."""
     t0 = time.perf_counter()
+    res = ProbeResult()
     ids = corpus.splits["val"][:cfg.chars]
-    acts = read(model, ids, corpus.decode, cfg)
-    sat = saturation_table(acts)
-    scores = unit_scores(acts, cfg.concepts or None)
-    metrics = saturation_metrics(sat)
-    best = best_units(scores, 1)
-    tags = {}
-    for _, row in best.iterrows():
-        key = f"unit.{row['concept']}"
-        metrics[f"{key}.score"] = row["score"]
-        metrics[f"{key}.layer"] = row["layer"]
-        metrics[f"{key}.unit"] = row["unit"]
-        tags[key] = describe_unit(row)
-    if not full:
-        tracker.log_metrics(metrics, step=step)
-        return metrics
+    with _guard(res, "read"):
+        acts = read(model, ids, corpus.decode, cfg)
+    if not res.ok:  # nothing to probe
+        return res
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "probes"
         out.mkdir()
-        sat.to_csv(out / "saturation.csv", index=False)
-        scores.to_csv(out / "unit_scores.csv", index=False)
-        best.to_csv(out / "best_units.csv", index=False)
-        from study import figures
-
-        binary = "binary" in type(model.cell).__name__.lower()
-        note = "binary gates are 0 or 1 by construction: every unit lies on the diagonal" \
-            if binary else ""
-        if cfg.gru_update == "pytorch" and "u" in set(sat["gate"]):
-            note = "GRU update gate u in PyTorch's convention, h = (1-u)·n + u·h'"
-        if len(sat):
-            fig = figures.saturation_scatter(sat, f"{title}: gate saturation", cfg.left,
-                                             cfg.right, note)
-            fig.savefig(out / "saturation.png", dpi=120)
-            figures.plt.close(fig)
-        write_traces(acts, scores, out / "traces", cfg, title)
+        stage = out if full else None
+        with _guard(res, "saturation", stage) as folder:
+            sat = saturation_table(acts)
+            metrics = saturation_metrics(sat)
+            if full:
+                sat.to_csv(folder / "saturation.csv", index=False)
+                _saturation_figure(model, sat, cfg, title, folder)
+            res.metrics.update(metrics)
+        scores, tags = None, {}
+        with _guard(res, "units", stage) as folder:
+            scores = unit_scores(acts, cfg.concepts or None)
+            best = best_units(scores, 1)
+            metrics, found = {}, {}
+            for _, row in best.iterrows():
+                key = f"unit.{row['concept']}"
+                metrics[f"{key}.score"] = row["score"]
+                metrics[f"{key}.layer"] = row["layer"]
+                metrics[f"{key}.unit"] = row["unit"]
+                found[key] = describe_unit(row)
+            if full:
+                scores.to_csv(folder / "unit_scores.csv", index=False)
+                best.to_csv(folder / "best_units.csv", index=False)
+            res.metrics.update(metrics)
+            tags = found
+        if not full:
+            tracker.log_metrics(res.metrics, step=step)
+            return res
+        if "units" not in res.failed:
+            with _guard(res, "traces", out) as folder:
+                write_traces(acts, scores, folder / "traces", cfg, title)
         if cfg.error_flow:
-            flow = error_flow(model, ids, cfg.error_flow_q, cfg.error_flow_batch)
-            flow["when"] = "trained"
-            if init_model is not None:
-                f0 = error_flow(init_model, ids, cfg.error_flow_q, cfg.error_flow_batch)
-                f0["when"] = "init"
-                flow = pd.concat([f0, flow], ignore_index=True)
-            flow.to_csv(out / "error_flow.csv", index=False)
-            fig = figures.error_flow_plot(flow, f"{title}: error flow")
-            fig.savefig(out / "error_flow.png", dpi=120)
-            figures.plt.close(fig)
-            tracker.log_series([
-                (f"{'errflow' if r.when == 'trained' else 'errflow_init'}.{r.state}.L{r.layer}",
-                 r.grad_norm, r.q) for r in flow.itertuples()])
+            with _guard(res, "error_flow", out) as folder:
+                if init_model is not None and not isinstance(init_model, torch.nn.Module):
+                    init_model = init_model()
+                _error_flow_probe(model, init_model, ids, cfg, title, tracker, folder)
         tracker.log_artifacts(out, "probes")
-    metrics["probe_seconds"] = time.perf_counter() - t0
-    tracker.log_metrics(metrics)
+    res.metrics["probe_seconds"] = time.perf_counter() - t0
+    tracker.log_metrics(res.metrics)
     tracker.set_tags(tags)
-    print(f"probes: {len(acts.text):,} val chars, {metrics['probe_seconds']:.1f} s; "
-          + "; ".join(f"{k.split('.')[1]} {v}" for k, v in sorted(tags.items())),
-          file=sys.stderr)
-    return metrics
+    print(f"probes: {len(acts.text):,} val chars, {res.metrics['probe_seconds']:.1f} s; "
+          + "; ".join(f"{k.split('.')[1]} {v}" for k, v in sorted(tags.items()))
+          + "".join(f"; FAILED {k}: {v}" for k, v in res.failed.items()), file=sys.stderr)
+    return res
+
+
+def _saturation_figure(model, sat: pd.DataFrame, cfg: ProbesConfig, title: str, folder: Path):
+    from study import figures
+
+    note = ""
+    if getattr(model.cell, "discrete_gates", False):
+        note = "binary gates are 0 or 1 by construction: every unit lies on the diagonal"
+    if cfg.gru_update == "pytorch" and "u" in set(sat["gate"]):
+        note = "GRU update gate u in PyTorch's convention, h = (1-u)·n + u·h'"
+    if len(sat):
+        fig = figures.saturation_scatter(sat, f"{title}: gate saturation", cfg.left,
+                                         cfg.right, note)
+        fig.savefig(folder / "saturation.png", dpi=120)
+        figures.plt.close(fig)
+
+
+def _error_flow_probe(model, init_model, ids, cfg: ProbesConfig, title: str, tracker,
+                      folder: Path) -> None:
+    from study import figures
+
+    flow = error_flow(model, ids, cfg.error_flow_q, cfg.error_flow_batch)
+    flow["when"] = "trained"
+    if init_model is not None:
+        f0 = error_flow(init_model, ids, cfg.error_flow_q, cfg.error_flow_batch)
+        f0["when"] = "init"
+        flow = pd.concat([f0, flow], ignore_index=True)
+    flow.to_csv(folder / "error_flow.csv", index=False)
+    if len(flow):
+        fig = figures.error_flow_plot(flow, f"{title}: error flow")
+        fig.savefig(folder / "error_flow.png", dpi=120)
+        figures.plt.close(fig)
+    tracker.log_series([
+        (f"{'errflow' if r.when == 'trained' else 'errflow_init'}.{r.state}.L{r.layer}",
+         r.grad_norm, r.q) for r in flow.itertuples()])
 
 
 def probe_trained(model: CharLM, corpus, cfg, tracker, device, step: int | None = None,
-                  full: bool = True) -> dict:
+                  full: bool = True) -> ProbeResult:
     """The probes of a run (cfg: its whole Config), the initial model for the error flow
-    rebuilt from the seed. A failure is reported on the run, never allowed to lose it."""
+    rebuilt from the seed. A probe that fails is named in the result's `failed` (its
+    traceback on stderr) and loses only its own outputs; what that means for the run is
+    the caller's to decide."""
     from study.train import seed_everything
 
-    title = f"{cfg.model.cell} on {corpus.name}"
-    init = None
-    if full and cfg.probes.error_flow:  # the same initial weights, rebuilt from the seed
+    def initial_model() -> CharLM:  # the same initial weights, rebuilt from the seed
         seed_everything(cfg.train.seed)
-        init = CharLM(corpus.vocab_size, cfg.model).to(device)
-    try:
-        return run_probes(model, corpus, cfg.probes, tracker, title, init_model=init,
-                          step=step, full=full)
-    except Exception as e:  # noqa: BLE001
-        import traceback
+        return CharLM(corpus.vocab_size, cfg.model).to(device)
 
-        traceback.print_exc()
-        tracker.set_tags({"probe_error": f"{type(e).__name__}: {e}"[:5000]})
-        return {}
+    title = f"{cfg.model.cell} on {corpus.name}"
+    return run_probes(model, corpus, cfg.probes, tracker, title,
+                      init_model=initial_model if full and cfg.probes.error_flow else None,
+                      step=step, full=full)
 
 
 def summary(metrics: dict) -> str:

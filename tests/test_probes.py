@@ -245,3 +245,80 @@ def test_rnn_error_flow_decays_faster_than_lstm_after_training(tmp_path):
         h = flow[(flow.layer == 1) & (flow.state == "h")].set_index("q").grad_norm
         decay[cell] = math.log(h[40] / h[1]) / 39  # mean log-change per step back
     assert decay["rnn"] < decay["lstm"]
+
+
+# ---------------------------------------------------------------------------------------
+# one failing probe loses only its own outputs
+
+
+def _probe_one_run(monkeypatch=None, **patches):
+    from study import config
+    from tests.test_text import RecordingTracker
+
+    code = 'int f(int a) {\n\tif (a > 0) { /* "x" */ return g("s\\"", a); }\n}\n// c\n'
+    text = "".join(line + "\n" + code for line in synthetic_prose(24).splitlines())
+    vocab = "".join(sorted(set(text)))
+
+    class Corpus:
+        name, vocab_size = "prose", len(vocab)
+        splits = {"val": torch.tensor([vocab.index(c) for c in text])}
+
+        @staticmethod
+        def decode(ids):
+            return "".join(vocab[int(i)] for i in ids)
+
+    cfg = config.updated(config.load(None), {
+        "model.cell": "lstm", "model.hidden_size": 4, "model.num_layers": 1,
+        "probes.streams": 2, "probes.warmup": 10, "probes.trace_chars": 100,
+        "probes.error_flow_q": 5, "probes.error_flow_batch": 2})
+    for target, fn in patches.items():
+        monkeypatch.setattr(target, fn)
+    torch.manual_seed(0)
+    model = CharLM(len(vocab), cfg.model)
+    tracker = RecordingTracker()
+    return probes.probe_trained(model, Corpus, cfg, tracker, torch.device("cpu")), tracker
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("boom")
+
+
+FILES = {"saturation.csv", "saturation.png", "unit_scores.csv", "best_units.csv",
+         "error_flow.csv", "error_flow.png", "traces/index.html", "traces/in_quotes_1.png"}
+
+
+def test_every_probe_succeeds_with_todays_metric_keys():
+    res, tracker = _probe_one_run()
+    assert res.ok and res.failed == {}
+    gates = [f"sat.L1.{g}.{m}" for g in "ifo" for m in (
+        "left_mean", "right_mean", "units_right_gt50pct", "units_right_gt90pct")]
+    units = [f"unit.{c}.{m}" for c in concepts.CONCEPTS for m in ("score", "layer", "unit")]
+    assert set(res.metrics) == set(gates + units + ["probe_seconds"])
+    [(files, _)] = tracker.called("log_artifacts")
+    assert set(files) >= FILES
+    assert tracker.called("log_series") and tracker.called("set_tags")
+    assert all("probe_error" not in args[0] for args in tracker.called("set_tags"))
+
+
+@pytest.mark.parametrize("target,failed,lost", [
+    ("study.figures.trace_png", "traces", {"traces/index.html", "traces/in_quotes_1.png"}),
+    ("study.probes.error_flow", "error_flow", {"error_flow.csv", "error_flow.png"}),
+    ("study.figures.saturation_scatter", "saturation", {"saturation.csv", "saturation.png"}),
+    ("study.probes.unit_scores", "units",  # and the traces, drawn from the units' scores
+     {"unit_scores.csv", "best_units.csv", "traces/index.html", "traces/in_quotes_1.png"}),
+])
+def test_one_failing_probe_loses_only_its_own_outputs(monkeypatch, capsys, target, failed,
+                                                      lost):
+    res, tracker = _probe_one_run(monkeypatch, **{target: _boom})
+    assert res.failed == {failed: "RuntimeError: boom"} and not res.ok
+    assert "RuntimeError: boom" in capsys.readouterr().err  # the traceback, on stderr
+    [(files, folder)] = tracker.called("log_artifacts")
+    assert folder == "probes"
+    assert not set(files) & lost and FILES - lost <= set(files)
+    assert not any(f.startswith("traces") for f in files) or failed not in ("traces", "units")
+    [(logged,)] = [args for args in tracker.called("log_metrics") if "probe_seconds" in args[0]]
+    assert logged == res.metrics
+    assert any(k.startswith("sat.") for k in res.metrics) == (failed != "saturation")
+    assert any(k.startswith("unit.") for k in res.metrics) == (failed != "units")
+    assert bool(tracker.called("log_series")) == (failed != "error_flow")
+    assert all("probe_error" not in args[0] for args in tracker.called("set_tags"))
