@@ -2,11 +2,15 @@
 
 Corpora are found by name (`warpeace`, `linux`) or given as a path to any UTF-8 file.
 A name is looked up in `$STUDY_DATA_DIR`, then in the project's `data/`, then downloaded
-from its canonical address and verified; offline, one error names all three places.
+from its canonical address and verified by sha256; offline, one error names all three
+places. Where the canonical digest is unknown (LK), a download with the canonical
+character count is trusted on first use: its digest is pinned in `<file>.sha256` and every
+later use is checked against the pin. A local copy with an unknown digest gets a warning.
 Text is read exactly as stored (CR/LF kept, `newline=""`); the vocabulary is every
 distinct character of the whole (possibly `max_chars`-truncated) text, so the validation
 and test splits never meet an unknown character. The encoded text is cached under
-`<results>/cache/`, keyed by the file's sha256.
+`<results>/cache/`, keyed by the file's sha256 and verified by a checksum of its own; a
+cache that fails the check is rebuilt from the text.
 
 Splits are contiguous: the first 80% train, the next 10% validation, the rest test (WP;
 LK uses 90/5/5, as in Karpathy15).
@@ -43,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -54,6 +59,7 @@ import numpy as np
 import torch
 
 from study.config import DataConfig
+from study.files import UnreadableFile, atomic_save, atomic_write, load_plain, sha256_of
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +72,8 @@ class DataError(RuntimeError):
 class KnownCorpus:
     filename: str
     url: str
-    sha256: str | None  # of the canonical file; None where it is not known here
+    sha256: tuple[str, ...]  # digests of copies known to be right
+    canonical: bool  # whether sha256 holds the canonical file's digest
     chars: int  # characters in the canonical file (Karpathy15's figure)
     splits: tuple[float, float, float]
     about: str
@@ -76,25 +83,19 @@ CORPORA: dict[str, KnownCorpus] = {
     "warpeace": KnownCorpus(
         "warpeace_input.txt",
         "https://cs.stanford.edu/people/karpathy/char-rnn/warpeace_input.txt",
-        "fb66ba999dafe24017cdd59e04c56d385a9c8466993d374fd4c6f08b2142985e",
+        ("fb66ba999dafe24017cdd59e04c56d385a9c8466993d374fd4c6f08b2142985e",), True,
         3_258_227, (0.8, 0.1, 0.1), "War and Peace (Karpathy15's WP)"),
     # The canonical LK file could not be fetched where this harness was built, so its
-    # sha256 is unknown; a download is checked by its character count instead. The copy in
-    # ../shared/data is a rebuild from Debian's linux-source-6.1 (sha256 709877a8...).
+    # sha256 is unknown: the digest here is the rebuild's in ../shared/data (from Debian's
+    # linux-source-6.1). A download with the canonical character count is trusted on first
+    # use: its sha256 is pinned next to it and checked on every later use.
     "linux": KnownCorpus(
         "linux_input.txt",
         "https://cs.stanford.edu/people/karpathy/char-rnn/linux_input.txt",
-        None, 6_206_996, (0.9, 0.05, 0.05), "Linux kernel source (Karpathy15's LK)"),
+        ("709877a87c9c6149c54376c3e5f338917d8ccbef48e1f46402afba11c7a85bb8",), False,
+        6_206_996, (0.9, 0.05, 0.05), "Linux kernel source (Karpathy15's LK)"),
 }
 DEFAULT_SPLITS = (0.9, 0.05, 0.05)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def locate(name: str, *, download: bool = True) -> Path:
@@ -125,6 +126,11 @@ def locate(name: str, *, download: bool = True) -> Path:
     return local
 
 
+def pin_file(path: Path) -> Path:
+    """Where the sha256 of a corpus trusted on first use is kept: next to it."""
+    return path.with_name(path.name + ".sha256")
+
+
 def _download(info: KnownCorpus, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     print(f"downloading {info.url} -> {dest}")
@@ -133,19 +139,49 @@ def _download(info: KnownCorpus, dest: Path) -> None:
         shutil.copyfileobj(r, tmp)
     part = Path(tmp.name)
     try:
-        if info.sha256 is not None:
-            got = sha256_of(part)
-            if got != info.sha256:
+        got = sha256_of(part)
+        if got not in info.sha256:
+            expected = " or ".join(info.sha256)
+            if info.canonical:
                 raise DataError(f"download of {info.url} has sha256 {got}, expected "
-                                f"{info.sha256}; not using it")
-        else:
-            n = len(part.read_text(encoding="utf-8", newline=""))
+                                f"{expected}; not using it")
+            n = _chars(part)
             if n != info.chars:
-                raise DataError(f"download of {info.url} has {n} characters, expected "
-                                f"{info.chars}; not using it")
+                size = f"{n} characters" if n is not None else "bytes that are not UTF-8"
+                raise DataError(
+                    f"download of {info.url} has sha256 {got} and {size}; expected sha256 "
+                    f"{expected}, or (the canonical file's sha256 being unknown) exactly "
+                    f"{info.chars} characters; not using it")
+            # trust on first use: the character count matches, so pin this digest
+            atomic_write(pin_file(dest), lambda f: f.write(f"{got}  {dest.name}\n".encode()))
+            print(f"{dest.name}: sha256 {got} (canonical digest unknown; {info.chars} "
+                  f"characters as expected), pinned in {pin_file(dest)}")
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
+
+
+def _chars(path: Path) -> int | None:
+    try:
+        return len(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+
+
+def check_known(name: str, path: Path, digest: str) -> None:
+    """A known corpus's file against its pin (an error on mismatch) or its known digests
+    (a warning: a user's own copy may differ on purpose)."""
+    info, pin = CORPORA[name], pin_file(path)
+    if pin.is_file():
+        pinned = (pin.read_text().split() or ["(nothing)"])[0]
+        if digest != pinned:
+            raise DataError(
+                f"{path} has sha256 {digest}, but {pin} pins {pinned} (its digest when it "
+                f"was downloaded): the file changed since. Fix: delete both {path.name} and "
+                f"{pin.name} to download it again, or restore the file")
+    elif digest not in info.sha256:
+        print(f"warning: {path} has sha256 {digest}, not a known copy of {info.about} "
+              f"({' or '.join(info.sha256)}); results may not compare", file=sys.stderr)
 
 
 def read_text(path: Path) -> str:
@@ -193,6 +229,9 @@ def load_corpus(cfg: DataConfig, cache_dir: Path | None = None) -> Corpus:
     """Find, read, encode (cached by checksum) and split the corpus a config names."""
     if cfg.path is not None:
         path, name, known = Path(cfg.path), cfg.corpus, None
+        if path.is_dir():
+            raise DataError(f"data.path {path} is a directory, not a file; name the text "
+                            "file itself")
         if not path.is_file():
             raise DataError(f"data.path {path} does not exist (relative paths are taken "
                             f"from {Path.cwd()})")
@@ -200,22 +239,25 @@ def load_corpus(cfg: DataConfig, cache_dir: Path | None = None) -> Corpus:
         name, known = cfg.corpus, CORPORA[cfg.corpus]
         path = locate(name)
     digest = sha256_of(path)
-    cached = None
+    if known is not None:
+        check_known(name, path, digest)
+    cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"{digest}-{cfg.max_chars or 'all'}.pt"
-        if cache_file.is_file():
-            cached = torch.load(cache_file)
-    if cached is None:
+    vocab_ids = _read_cache(cache_file, digest, cfg.max_chars) if cache_file else None
+    if vocab_ids is None:
         text = read_text(path)
         if cfg.max_chars is not None:
             text = text[: cfg.max_chars]
-        vocab, ids = _encode(text)
-        cached = {"vocab": vocab, "ids": ids}
-        if cache_dir is not None:
-            _atomic_save(cached, cache_file)
+        vocab_ids = _encode(text)
+        if cache_file is not None:
+            vocab, ids = vocab_ids
+            atomic_save({"vocab": vocab, "ids": ids, "source_sha256": digest,
+                         "max_chars": cfg.max_chars, "checksum": _checksum(vocab, ids)},
+                        cache_file)
+    vocab, ids = vocab_ids
     splits = cfg.splits or (known.splits if known else DEFAULT_SPLITS)
-    return Corpus(name, path, digest, cached["vocab"], cached["ids"],
-                  split(cached["ids"], splits))
+    return Corpus(name, path, digest, vocab, ids, split(ids, splits))
 
 
 def _encode(text: str) -> tuple[str, torch.Tensor]:
@@ -225,11 +267,39 @@ def _encode(text: str) -> tuple[str, torch.Tensor]:
     return "".join(map(chr, uniq)), torch.from_numpy(ids.astype(dtype))
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _checksum(vocab: str, ids: torch.Tensor) -> str:
+    """sha256 of the encoded text: its dtype, length, id bytes and vocabulary."""
+    h = hashlib.sha256(f"{ids.dtype}:{len(ids)}:{len(vocab)}:".encode())
+    h.update(ids.contiguous().numpy().tobytes())
+    h.update(vocab.encode("utf-8"))
+    return h.hexdigest()
+
+
+def _read_cache(path: Path, digest: str, max_chars: int | None):
+    """(vocab, ids) from a cache file that checks out; None (with one warning line when
+    the file exists but is unreadable or does not match) to rebuild it from the text."""
+    if not path.is_file():
+        return None
+    try:
+        c = load_plain(path)
+    except UnreadableFile as e:
+        problem = str(e)
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror})"
+    else:
+        if not isinstance(c, dict) or "checksum" not in c:
+            problem = "has no checksum (an older format)"
+        elif c.get("source_sha256") != digest or c.get("max_chars") != max_chars:
+            problem = "was made from another text"
+        elif not isinstance(c.get("vocab"), str) or not isinstance(c.get("ids"), torch.Tensor) \
+                or c["ids"].dtype not in (torch.uint8, torch.int32) \
+                or c["checksum"] != _checksum(c["vocab"], c["ids"]):
+            problem = "does not match its checksum"
+        else:
+            return c["vocab"], c["ids"]
+    print(f"warning: corpus cache {path} {problem}; rebuilding it from the text",
+          file=sys.stderr)
+    return None
 
 
 def split(ids: torch.Tensor, fractions) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import webbrowser
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from study.concepts import CONCEPTS
 from study.data import DataError, load_corpus, read_text
 from study.model import CharLM
 from study.probes import read, trace_html, unit_scores, write_traces
+from study.train import BEST_KEYS, CheckpointError, load_checkpoint
 
 
 class Vocabulary:
@@ -44,25 +46,56 @@ class Vocabulary:
         return "".join(self.chars[int(i)] for i in ids)
 
 
+class RunError(RuntimeError):
+    """A run that cannot be inspected; the message says which and why."""
+
+
 def load_run(run_id: str, tracking_uri: str | None = None):
-    """(model, config, vocabulary, client) from a run's checkpoint/best.pt artifact."""
+    """(model, config, vocabulary, client) from a run's checkpoint/best.pt artifact.
+    Raises RunError (or study.tracking.StoreError) with a message for the user."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from study.tracking import require_store
     from study.tracking import tracking_uri as default_uri
 
-    client = MlflowClient(tracking_uri or default_uri(config_mod.TrackingConfig()))
+    uri = tracking_uri or default_uri(config_mod.TrackingConfig())
+    require_store(uri)  # before the client: it would create an empty store at a typo
+    client = MlflowClient(uri)
     try:
-        path = client.download_artifacts(run_id, "checkpoint/best.pt")
-    except MlflowException as e:
-        raise SystemExit(f"error: run {run_id}: no checkpoint/best.pt artifact ({e.message}); "
-                         "is the run finished, and is the tracking URI right?") from None
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+        client.get_run(run_id)
+    except MlflowException:
+        raise RunError(f"no run {run_id} in the MLflow store at {uri}; check the run id "
+                       "and --tracking-uri / $MLFLOW_TRACKING_URI") from None
+    artifact = "checkpoint/best.pt"
+    with tempfile.TemporaryDirectory() as tmp:  # the download goes when it is read
+        try:
+            path = client.download_artifacts(run_id, artifact, dst_path=tmp)
+        except (MlflowException, OSError) as e:
+            reason = e.message if isinstance(e, MlflowException) else str(e)
+            raise RunError(f"run {run_id}: no {artifact} artifact ({reason}); is the run "
+                           "finished, and was it run with tracking.log_checkpoint?") from None
+        try:
+            ck = load_checkpoint(Path(path), BEST_KEYS, name=f"{artifact} of run {run_id}",
+                                 fix="retrain the run to get a usable checkpoint")
+        except CheckpointError as e:
+            raise RunError(str(e)) from None
     cfg = config_mod.from_dict({k: v for k, v in ck["config"].items()})
     model = CharLM(len(ck["vocab"]), cfg.model)
     model.load_state_dict(ck["model"])
     model.eval()
     return model, cfg, Vocabulary(ck["vocab"]), client
+
+
+def _load_run_or_say_why(run_id: str, tracking_uri: str | None):
+    """load_run, or None after printing its one-line error."""
+    from study.tracking import StoreError
+
+    try:
+        return load_run(run_id, tracking_uri)
+    except (RunError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 def parse_unit(spec: str, model: CharLM) -> tuple[int, int, str]:
@@ -90,7 +123,10 @@ def reprobe(run_ids: list[str], overrides: list[str], tracking_uri: str | None) 
         if not item.startswith("probes."):
             raise SystemExit(f"error: --set {item}: only probes.* settings can change here")
     for run_id in run_ids:
-        model, cfg, _, client = load_run(run_id, tracking_uri)
+        loaded = _load_run_or_say_why(run_id, tracking_uri)
+        if loaded is None:
+            return 2
+        model, cfg, _, client = loaded
         try:
             cfg = config_mod.from_dict(_with(config_mod.to_dict(cfg), overrides),
                                        f"run {run_id}")
@@ -99,9 +135,17 @@ def reprobe(run_ids: list[str], overrides: list[str], tracking_uri: str | None) 
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"probing run {run_id} ({cfg.model.cell} on {cfg.data.corpus})", file=sys.stderr)
-        m = probe_trained(model, corpus, cfg, RunTracker(client, run_id), torch.device("cpu"))
-        if not m:
+        tracker = RunTracker(client, run_id)
+        result = probe_trained(model, corpus, cfg, tracker, torch.device("cpu"))
+        if not result.ok:  # the run says so, as a run whose probes failed after training does
+            reason = "probes failed (study.inspect --probe): " + "; ".join(
+                f"{k}: {v}" for k, v in result.failed.items())
+            tracker.end("FAILED", reason)
+            print(f"error: run {run_id}: {reason}", file=sys.stderr)
             return 1
+        if client.get_run(run_id).data.tags.get("failure_reason", "").startswith(
+                "probes failed"):
+            tracker.end("FINISHED")  # probed again successfully: the run is whole
     return 0
 
 
@@ -143,7 +187,10 @@ def main(argv=None) -> int:
         p.error("several run ids only with --probe")
     args.run_id = args.run_id[0]
 
-    model, cfg, vocab, client = load_run(args.run_id, args.tracking_uri)
+    loaded = _load_run_or_say_why(args.run_id, args.tracking_uri)
+    if loaded is None:
+        return 2
+    model, cfg, vocab, client = loaded
     try:
         if args.text:
             ids = vocab.encode(read_text(Path(args.text))[:args.chars])

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from study import data
+from study import data, files
 from study.config import Config, to_dict
 from study.model import CharLM, detach_state, sample
 from study.scan import single_backward
@@ -48,7 +48,7 @@ class Result:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     num_params: int = 0
-    probes: dict = field(default_factory=dict)  # the probes' summary metrics
+    probes: object = None  # study.probes.ProbeResult of the final probes (None: not probed)
     model: CharLM | None = None  # the best-validation model, for callers that go on
 
 
@@ -161,33 +161,63 @@ def evaluate(model: CharLM, ids: torch.Tensor, batch_size: int, seq_len: int,
 # checkpoints
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+RESUME_FIX = "delete it to retrain this run from the start, or run without --resume"
+LAST_KEYS = ("model", "optimizer", "rng", "config", "vocab", "epoch", "history", "best_val",
+             "best_epoch", "initial_loss", "bad")
+BEST_KEYS = ("model", "config", "vocab", "epoch")
+
+
 def save_checkpoint(path: Path, **payload) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write atomically: a reader sees the old file or the new one, never half of one.
+    The payload is tensors and plain types only, so load_checkpoint can refuse the rest."""
+    files.atomic_save(payload, path)
 
 
 def rng_states() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "random": random.getstate(),
+    """Every RNG the run draws from, as tensors and plain types (no pickled objects)."""
+    kind, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            # numpy: ('MT19937', uint32[624], pos, has_gauss, cached_gaussian)
+            "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached_gaussian)},
+            "random": random.getstate(),  # (int, tuple of ints, float | None): plain
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_states(s: dict) -> None:
+    n = s["numpy"]
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
     random.setstate(s["random"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(path: Path, require: tuple[str, ...] = (), *, name: str | None = None,
+                    fix: str = RESUME_FIX) -> dict:
+    """A checkpoint's payload, read as tensors and plain types only (nothing in it runs).
+    CheckpointError names the file (or `name`), what is wrong and `fix`."""
+    label = name or str(path)
+    try:
+        ck = files.load_plain(path)
+    except files.UnreadableFile as e:
+        raise CheckpointError(f"{label} {e}; {fix}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {label}: {e.strerror}; {fix}") from None
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{label} is not a checkpoint (it holds a "
+                              f"{type(ck).__name__}, not a dict); {fix}")
+    missing = [k for k in require if k not in ck]
+    if missing:
+        raise CheckpointError(f"{label} is not a checkpoint of this harness (it lacks "
+                              f"{', '.join(missing)}); {fix}")
+    return ck
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,7 +249,7 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
     start_epoch, initial_loss, bad_epochs = 1, None, 0
     last, best = (ckpt_dir / "last.pt", ckpt_dir / "best.pt") if ckpt_dir else (None, None)
     if resume and last is not None and last.is_file():
-        ck = load_checkpoint(last)
+        ck = load_checkpoint(last, LAST_KEYS)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         set_rng_states(ck["rng"])
@@ -308,7 +338,7 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
         res.status, res.reason = "failed", stop_reason
         return res
     if best is not None and best.is_file():
-        model.load_state_dict(load_checkpoint(best)["model"])
+        model.load_state_dict(load_checkpoint(best, BEST_KEYS)["model"])
     res.test = evaluate(model, corpus.splits["test"], t.batch_size, t.eval_seq_len, device,
                         "test")
     res.status = "finished"

@@ -1,6 +1,10 @@
 """Corpora, lookup, encoding and the truncated-BPTT layout."""
 
+import dataclasses
+import hashlib
+import io
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,24 +73,93 @@ def test_missing_corpus_offline_names_all_three_places(tmp_path, monkeypatch):
     assert "STUDY_DATA_DIR" in msg
 
 
-def test_download_is_verified_before_use(tmp_path, monkeypatch):
-    import io
+def serve(monkeypatch, tmp_path, content: bytes) -> None:
+    """Stand-in for the network: every urlopen serves `content` (from a file)."""
+    src = tmp_path / "served.bin"
+    src.write_bytes(content)
+    monkeypatch.setattr(data.urllib.request, "urlopen",
+                        lambda *a, **k: io.BytesIO(src.read_bytes()))
 
-    monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path)
+
+@pytest.fixture
+def no_local_copies(tmp_path, monkeypatch):
+    """A project without data/ and no $STUDY_DATA_DIR: corpora must be downloaded."""
+    monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path / "proj")
     monkeypatch.delenv("STUDY_DATA_DIR", raising=False)
+    return tmp_path / "proj" / "data"
 
-    class Resp(io.BytesIO):
-        def __enter__(self):
-            return self
 
-        def __exit__(self, *a):
-            return False
+def known(monkeypatch, name, **changes):
+    monkeypatch.setitem(data.CORPORA, name, dataclasses.replace(data.CORPORA[name], **changes))
+    return data.CORPORA[name]
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: Resp(b"tampered"))
-    with pytest.raises(data.DataError, match="sha256"):
+
+def test_download_with_the_wrong_digest_is_refused(tmp_path, monkeypatch, no_local_copies):
+    serve(monkeypatch, tmp_path, b"tampered")
+    with pytest.raises(data.DataError) as e:
         data.locate("warpeace")
-    assert not (tmp_path / "data" / "warpeace_input.txt").exists()
-    assert not list((tmp_path / "data").glob("*.part"))
+    msg = str(e.value)
+    assert hashlib.sha256(b"tampered").hexdigest() in msg  # what came
+    assert data.CORPORA["warpeace"].sha256[0] in msg  # what was expected
+    assert list(no_local_copies.iterdir()) == []  # no file, no .part, no pin
+
+
+def test_download_with_a_known_digest_is_accepted(tmp_path, monkeypatch, no_local_copies):
+    body = b"War and Peace, abridged\n"
+    known(monkeypatch, "warpeace", sha256=("0" * 64, hashlib.sha256(body).hexdigest()))
+    serve(monkeypatch, tmp_path, body)
+    assert data.locate("warpeace") == no_local_copies / "warpeace_input.txt"
+    assert (no_local_copies / "warpeace_input.txt").read_bytes() == body
+    assert [p.name for p in no_local_copies.iterdir()] == ["warpeace_input.txt"]  # no pin
+
+
+def test_linux_download_of_the_wrong_size_is_refused(tmp_path, monkeypatch,
+                                                     no_local_copies):
+    serve(monkeypatch, tmp_path, b"int main(void) { return 0; }\n")
+    with pytest.raises(data.DataError) as e:
+        data.locate("linux")
+    msg = str(e.value)
+    assert hashlib.sha256(b"int main(void) { return 0; }\n").hexdigest() in msg
+    assert data.CORPORA["linux"].sha256[0] in msg and f"{6_206_996} characters" in msg
+    assert list(no_local_copies.iterdir()) == []
+
+
+def test_linux_download_of_the_right_size_is_pinned_and_checked_later(
+        tmp_path, monkeypatch, capsys, no_local_copies):
+    body = "/* caf\u00e9 */\nint x;\n" * 50  # counted in characters, not bytes
+    known(monkeypatch, "linux", chars=len(body))
+    serve(monkeypatch, tmp_path, body.encode())
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    path = data.locate("linux")
+    pin = no_local_copies / "linux_input.txt.sha256"
+    assert path.read_text() == body and pin.read_text().split()[0] == digest
+    assert digest in capsys.readouterr().out  # the digest is printed
+    c = data.load_corpus(DataConfig(corpus="linux"))  # the pinned file is used quietly
+    assert c.sha256 == digest and c.decode(c.ids) == body
+    assert "warning" not in capsys.readouterr().err
+    path.write_text(body.replace("x", "y"))  # changed after it was pinned
+    with pytest.raises(data.DataError) as e:
+        data.load_corpus(DataConfig(corpus="linux"))
+    msg = str(e.value)
+    assert digest in msg and data.sha256_of(path) in msg and "delete both" in msg
+
+
+def test_a_local_copy_of_unknown_digest_gets_one_warning(tmp_path, monkeypatch, capsys):
+    (tmp_path / "warpeace_input.txt").write_text("my own War and Peace\n" * 50)
+    monkeypatch.setenv("STUDY_DATA_DIR", str(tmp_path))
+    c = data.load_corpus(DataConfig(corpus="warpeace"))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ") and c.sha256 in err
+    known(monkeypatch, "warpeace", sha256=(c.sha256,))
+    data.load_corpus(DataConfig(corpus="warpeace"))
+    assert capsys.readouterr().err == ""
+
+
+def test_data_path_to_a_directory_or_nothing_says_which(tmp_path):
+    with pytest.raises(data.DataError, match="is a directory, not a file"):
+        data.load_corpus(DataConfig(path=str(tmp_path)))
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load_corpus(DataConfig(path=str(tmp_path / "missing.txt")))
 
 
 def test_encoding_is_cached_by_checksum(tmp_path):
@@ -95,11 +168,56 @@ def test_encoding_is_cached_by_checksum(tmp_path):
     c1 = data.load_corpus(DataConfig(path=str(p)), cache)
     files = list(cache.iterdir())
     assert len(files) == 1 and c1.sha256 in files[0].name
+    payload = torch.load(files[0], weights_only=True)  # tensors and plain types only
+    assert payload["source_sha256"] == c1.sha256 and len(payload["checksum"]) == 64
     c2 = data.load_corpus(DataConfig(path=str(p)), cache)
     assert torch.equal(c1.ids, c2.ids) and c1.vocab == c2.vocab
     p.write_bytes(b"xyz" * 600)  # new content, new key
     c3 = data.load_corpus(DataConfig(path=str(p)), cache)
     assert c3.vocab == "xyz" and len(list(cache.iterdir())) == 2
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "tampered", "old format",
+                                    "runs code"])
+def test_a_bad_cache_is_rebuilt_with_one_warning(tmp_path, capsys, damage):
+    p = write(tmp_path, "t.txt", "abc\u00e9abd\n".encode() * 300)
+    cache = tmp_path / "cache"
+    cfg = DataConfig(path=str(p), max_chars=2000)
+    want = data.load_corpus(cfg, cache)
+    (f,) = cache.iterdir()
+    good = f.read_bytes()
+    marker = tmp_path / "marker"
+    if damage == "truncated":
+        f.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        f.write_bytes(b"\x00garbage" * 100)
+    else:
+        payload = torch.load(f, weights_only=True)
+        if damage == "tampered":  # a valid file whose ids do not match their checksum
+            payload["ids"] = payload["ids"].flip(0)
+        elif damage == "old format":
+            payload = {"vocab": payload["vocab"], "ids": payload["ids"]}
+        else:
+            payload["vocab"] = RunsCode(marker)
+        torch.save(payload, f)
+    capsys.readouterr()
+    got = data.load_corpus(cfg, cache)
+    err = capsys.readouterr().err
+    assert torch.equal(got.ids, want.ids) and got.vocab == want.vocab
+    assert err.count("\n") == 1 and err.startswith("warning: ") and str(f) in err
+    assert f.read_bytes() == good  # rewritten as it was first written
+    assert data.load_corpus(cfg, cache).vocab == want.vocab
+    assert capsys.readouterr().err == ""  # and used quietly from then on
+    assert not marker.exists()
+    assert [x.name for x in cache.iterdir()] == [f.name]  # no temporary files left
 
 
 def test_splits_are_contiguous_with_the_papers_fractions(tmp_path):

@@ -101,3 +101,4 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         train.save_checkpoint(path, a=2)
     assert train.load_checkpoint(path) == {"a": 1}  # the old file is intact
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # and nothing half-written
