@@ -5,10 +5,13 @@
     python -m analyses.report --run-id ID --run-id ID      # exactly these runs
     python -m analyses.report --tag dataset=warpeace --out results/report-wp
 
-Writes report.md and a self-contained report.html (figures inline) under --out (default
-results/report/), each figure as PNG and PDF, each table as CSV, and logs the whole folder
-to an MLflow run in the experiment "report". A section whose inputs are missing says what
-to run instead of failing.
+Writes report.md and a self-contained report.html (figures inline) under --out (default:
+report/ next to a local store's mlflow.db, else results/report/), each figure as PNG and
+PDF, each table as CSV, and logs them to an MLflow run in the experiment "report". A
+section whose inputs are missing says what to run instead of failing.
+
+The report replaces only files it wrote: it keeps their list in --out/.analyses-report,
+refuses a non-empty folder without that list, and leaves every other file alone.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import json
 import re
 import shutil
 import sys
+import tempfile
 import traceback
 from datetime import date
 from pathlib import Path
@@ -30,18 +35,21 @@ from analyses.runs import Runs
 SECTIONS = [table1, variants, curves, saturation, units, error_flow, sweeps, claims]
 
 
-def build_all(runs: Runs, out: Path) -> list[Section]:
+def build_all(runs: Runs, out: Path) -> tuple[list[Section], dict[str, str]]:
+    """Every section; one that raises is reported in the report, in the return value
+    (name -> error) and so in the exit code, without hiding the others."""
     common.style()
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
+    sections, failed = [], {}
     for module in SECTIONS:
+        name = module.__name__.rsplit(".", 1)[-1]
         try:
             sections.append(module.build(runs, out))
         except Exception as e:  # noqa: BLE001 - one broken section must not hide the rest
             traceback.print_exc()
-            sections.append(Section(module.__name__.rsplit(".", 1)[-1],
-                                    missing=f"this section failed: {type(e).__name__}: {e}"))
-    return sections
+            failed[name] = f"{type(e).__name__}: {e}"
+            sections.append(Section(name, missing=f"this section failed: {failed[name]}"))
+    return sections, failed
 
 
 def header(runs: Runs, selection: str) -> dict:
@@ -111,7 +119,49 @@ def to_html(sections: list[Section], h: dict) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def log_report(runs: Runs, out: Path, h: dict, sections: list[Section]) -> str:
+MARKER = ".analyses-report"  # the files the last report wrote into its folder
+
+
+class OutError(RuntimeError):
+    pass
+
+
+def prepare_out(out: Path) -> set[Path]:
+    """Make `out` ready for a report: remove what the previous report wrote there (and
+    nothing else). Returns the files present before, which are not the report's."""
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise OutError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
+        raise OutError(f"--out {out} is not empty and was not written by analyses.report "
+                       f"(no {MARKER} in it); give a new or empty folder, e.g. "
+                       f"--out {out / 'report'}")
+    out.mkdir(parents=True, exist_ok=True)
+    if marker.is_file():
+        for name in json.loads(marker.read_text(encoding="utf-8")):
+            f = out / name
+            if f.is_file() and f.resolve().parent == out.resolve():
+                f.unlink()
+    marker.write_text("[]", encoding="utf-8")
+    return {p for p in out.iterdir() if p.is_file()}
+
+
+def record_written(out: Path, foreign: set[Path]) -> list[Path]:
+    written = sorted(p for p in out.iterdir() if p.is_file() and p not in foreign
+                     and p.name != MARKER)
+    (out / MARKER).write_text(json.dumps([p.name for p in written]), encoding="utf-8")
+    return written
+
+
+def default_out(uri: str) -> Path:
+    """Next to a local store (the report belongs with its runs), else ./results/report."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent / "report"
+    return Path("results/report")
+
+
+def log_report(runs: Runs, files: list[Path], h: dict, sections: list[Section],
+               failed: dict[str, str]) -> str:
     from study.config import TrackingConfig
     from study.tracking import Store
 
@@ -119,10 +169,15 @@ def log_report(runs: Runs, out: Path, h: dict, sections: list[Section]) -> str:
     tracker = store.start(f"report-{h['date']}", {
         "kind": "report", "experiments": h["experiments"], "selection": h["selection"],
         "mlflow.note.content": f"Report over {h['runs']} runs ({h['experiments']})."})
-    tracker.log_artifacts(out)
+    with tempfile.TemporaryDirectory() as tmp:  # only the report's own files
+        for f in files:
+            shutil.copy2(f, tmp)
+        tracker.log_artifacts(tmp)
     tracker.log_metrics({"sections": len(sections),
-                         "sections_missing": sum(s.missing is not None for s in sections)})
-    tracker.end()
+                         "sections_missing": sum(s.missing is not None for s in sections),
+                         "sections_failed": len(failed)})
+    tracker.end("FAILED" if failed else "FINISHED",
+                "; ".join(f"section {k} failed: {v}" for k, v in failed.items()))
     return tracker.run_id
 
 
@@ -134,7 +189,8 @@ def main(argv=None) -> int:
     p.add_argument("--run-id", action="append", default=[], help="exactly these runs")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="only runs with this tag (repeatable), e.g. dataset=warpeace")
-    p.add_argument("--out", default="results/report", help="output folder")
+    p.add_argument("--out", help="output folder (default: report/ beside a local store's "
+                                 "mlflow.db, else results/report)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default as study.run's)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = p.parse_args(argv)
@@ -145,28 +201,46 @@ def main(argv=None) -> int:
             p.error(f"--tag {t!r}: expected KEY=VALUE")
         tags[k] = v
     from study.config import TrackingConfig
-    from study.tracking import tracking_uri
+    from study.tracking import StoreError, require_store, tracking_uri
 
     uri = args.tracking_uri or tracking_uri(TrackingConfig())
+    try:
+        require_store(uri)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     runs = Runs.load(uri, args.experiment or None, args.run_id or None, tags or None)
     missing = [e for e in args.experiment if e not in runs.experiments]
     if missing:
         print(f"error: no experiment named {', '.join(missing)} in {uri}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    if runs.all.empty:
+        print(f"error: no runs at {uri} match (experiments: "
+              f"{', '.join(runs.experiments) or 'none'}); train some first, e.g. "
+              "`make smoke`, or check --experiment/--run-id/--tag", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else default_out(uri)
+    try:
+        foreign = prepare_out(out)
+    except OutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     selection = "runs " + ", ".join(args.run_id) if args.run_id else (
         "tags " + ", ".join(args.tag) if args.tag else "all runs")
-    sections = build_all(runs, out)
+    sections, failed = build_all(runs, out)
     h = header(runs, selection)
     (out / "report.md").write_text(to_markdown(sections, h), encoding="utf-8")
     (out / "report.html").write_text(to_html(sections, h), encoding="utf-8")
+    written = record_written(out, foreign)
     print(f"wrote {out / 'report.md'} and {out / 'report.html'}: "
           + ", ".join(f"{s.title.split(':')[0]} {'–' if s.missing else 'ok'}" for s in sections))
     if not args.no_log:
-        run_id = log_report(runs, out, h, sections)
+        run_id = log_report(runs, written, h, sections, failed)
         print(f"logged to MLflow run {run_id} (experiment 'report')")
+    if failed:
+        print(f"error: {len(failed)} section(s) failed (tracebacks above): "
+              + "; ".join(f"{k}: {v}" for k, v in failed.items()), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,36 +13,17 @@ checkpoint inside the same MLflow run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
-import json
-import math
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from study import config as config_mod
+from study.ablation import RunSpec, describe, ok, run_ablation, summary_table
 from study.config import Config, ConfigError, run_hash, updated
 from study.data import Corpus, DataError, load_corpus
-
-LN2 = math.log(2)
-
-
-@dataclass
-class RunSpec:
-    variant: str
-    dataset: str
-    seed: int
-    cfg: Config
-    hash: str
-    axes: dict  # the values of ablation.grid's extra axes for this run
-
-    @property
-    def name(self) -> str:
-        extra = "".join(f"-{k.rsplit('.', 1)[-1]}{v}" for k, v in self.axes.items())
-        return f"{self.variant}-{self.dataset}{extra}-s{self.seed}"
+from study.signals import exit_code, sigterm_as_interrupt
+from study.train import CheckpointError
 
 
 def datasets_of(cfg: Config) -> list[str]:
@@ -79,161 +60,38 @@ def make_plan(cfg: Config, corpora: dict[str, Corpus]) -> list[RunSpec]:
     return plan
 
 
-def config_digest(cfg: Config) -> str:
-    blob = json.dumps({k: v for k, v in config_mod.to_dict(cfg).items() if k != "tracking"},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def check_sizes(plan: list[RunSpec], corpora: dict[str, Corpus]) -> None:
+    """Every split must fill the batch shape of every run (and the probes' error flow its
+    window), checked before any run exists: a too-short test split would otherwise fail
+    only after a whole run had trained."""
+    seen = set()
+    for spec in plan:
+        t, pr = spec.cfg.train, spec.cfg.probes
+        corpus = corpora[spec.dataset]
+        key = (spec.dataset, t.batch_size, pr.enabled and pr.error_flow, pr.error_flow_q)
+        if key in seen:
+            continue
+        seen.add(key)
+        for split, ids in corpus.splits.items():
+            if (len(ids) - 1) // t.batch_size < 1:
+                raise DataError(
+                    f"{corpus.path}: the {split} split has {len(ids):,} characters, too few "
+                    f"for train.batch_size = {t.batch_size} streams (it needs at least "
+                    f"{t.batch_size + 1:,}; the corpus has {len(corpus.ids):,} characters "
+                    f"split {_fractions(corpus)}). Lower train.batch_size, change data.splits,"
+                    " or use more text.")
+        need = pr.error_flow_q + 102  # the error flow's 100-step warm-up, window and target
+        if pr.enabled and pr.error_flow and len(corpus.splits["val"]) < need:
+            raise DataError(
+                f"{corpus.path}: the val split has {len(corpus.splits['val']):,} characters; "
+                f"the probes' error flow needs {need:,} (probes.error_flow_q = "
+                f"{pr.error_flow_q} + 102). Lower probes.error_flow_q, set "
+                "probes.error_flow=false, or use more text.")
 
 
-# ---------------------------------------------------------------------------------------
-
-
-def run_ablation(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus], *,
-                 resume: bool = False, force: bool = False, progress: bool = True) -> list[dict]:
-    from study.train import train
-
-    store = None
-    if cfg.tracking.enabled:
-        from study import tracking
-
-        store = tracking.Store(cfg.tracking)  # experiment created here, before any run
-    results_dir = Path(cfg.tracking.results_dir)
-    ckpt_root = results_dir / "checkpoints" / cfg.tracking.experiment
-    digest = config_digest(cfg)
-    parent = None
-    if store is not None:
-        prior = None if force else next(iter(store.find(config_hash=digest, kind="ablation")),
-                                        None)
-        if prior is not None:
-            parent = store.start(cfg.name, {}, run_id=prior.info.run_id)
-        else:
-            parent = store.start(cfg.name, {"kind": "ablation", "config_hash": digest,
-                                            "mlflow.note.content": _describe(cfg, plan)})
-            parent.log_config(cfg)
-    rows = []
-    try:
-        for n, spec in enumerate(plan, 1):
-            corpus = corpora[spec.dataset]
-            head = f"[{n}/{len(plan)}] {spec.variant} on {spec.dataset} (seed {spec.seed})"
-            done = store.completed(spec.hash) if store and not force else None
-            if done is not None:
-                print(f"{head}: already finished in run {done.info.run_id}, skipped "
-                      "(--force retrains)", file=sys.stderr)
-                rows.append(_row_from_run(spec, done))
-                continue
-            print(f"{head}: {corpus.vocab_size} symbols, "
-                  f"{len(corpus.splits['train']):,} train chars", file=sys.stderr)
-            ckpt_dir = ckpt_root / spec.hash
-            tracker, resuming = _child_tracker(store, parent, spec, corpus, ckpt_dir, resume)
-            if not resuming:
-                shutil.rmtree(ckpt_dir, ignore_errors=True)
-            try:
-                res = train(spec.cfg, corpus, tracker, ckpt_dir, resume=resuming,
-                            progress=progress)
-            except KeyboardInterrupt:
-                if tracker is not None:
-                    tracker.end("KILLED", "interrupted; continue with --resume")
-                raise
-            except Exception as e:
-                if tracker is not None:
-                    tracker.end("FAILED", f"{type(e).__name__}: {e}")
-                raise
-            if tracker is not None:
-                if res.status == "finished" and cfg.tracking.log_checkpoint:
-                    tracker.log_artifact(ckpt_dir / "best.pt", "checkpoint")
-                tracker.end("FINISHED" if res.status == "finished" else "FAILED", res.reason)
-            rows.append(_row_from_result(spec, res, tracker.run_id if tracker else ""))
-    except BaseException as e:
-        if parent is not None:
-            parent.end_after(e, "re-run with --resume to continue")
-        raise
-    if parent is not None:
-        table = summary_table(rows)
-        parent.log_text(table.to_csv(index=False), "summary.csv")
-        parent.log_text(_markdown(table), "summary.md")
-        failed = sum(r["status"] != "finished" for r in rows)
-        parent.set_tags({"runs": len(rows), "failed_runs": failed})
-        parent.end("FINISHED")
-    return rows
-
-
-def _child_tracker(store, parent, spec: RunSpec, corpus: Corpus, ckpt_dir: Path,
-                   resume: bool):
-    """The MLflow run for one child, and whether training resumes from a checkpoint."""
-    has_ckpt = (ckpt_dir / "last.pt").is_file()
-    if store is None:
-        return None, resume and has_ckpt
-    prior = store.unfinished(spec.hash)
-    if prior is not None and resume:
-        return store.start(spec.name, {}, run_id=prior.info.run_id), has_ckpt
-    if prior is not None:
-        print(f"  an interrupted run of this configuration exists ({prior.info.run_id}); "
-              "starting anew (use --resume to continue it)", file=sys.stderr)
-        store.client.set_tag(prior.info.run_id, "failure_reason",
-                             "interrupted; superseded by a new run started without --resume")
-        store.client.set_terminated(prior.info.run_id, "KILLED")
-    tracker = store.start(spec.name, {
-        "kind": "train", "variant": spec.variant, "dataset": spec.dataset,
-        "seed": spec.seed, "config_hash": spec.hash, "data_sha256": corpus.sha256,
-        "vocab_size": corpus.vocab_size, "num_layers": spec.cfg.model.num_layers,
-        "hidden_size": spec.cfg.model.hidden_size,
-        # the row of Karpathy15's Table 1: the width before any parameter matching
-        "row_width": spec.axes.get("model.hidden_size", spec.cfg.model.hidden_size)
-        if spec.cfg.ablation.match_params_to else spec.cfg.model.hidden_size}, parent=parent)
-    tracker.log_config(spec.cfg)
-    return tracker, False
-
-
-def _row(spec: RunSpec, run_id: str, status: str, params: int, epochs: int,
-         best_val: float, test: float, seconds: float) -> dict:
-    m = spec.cfg.model
-    return {"variant": spec.variant, "dataset": spec.dataset, "layers": m.num_layers,
-            "hidden": m.hidden_size, "seed": spec.seed, "params": params, "epochs": epochs,
-            "best val nats/char": best_val, "test nats/char": test,
-            "test bits/char": test / LN2, "minutes": seconds / 60, "status": status,
-            "run_id": run_id}
-
-
-def _row_from_result(spec: RunSpec, res, run_id: str) -> dict:
-    status = res.status + (f" ({res.reason})" if res.reason else "")
-    return _row(spec, run_id, status, res.num_params, res.epochs, res.best_val, res.test,
-                res.seconds)
-
-
-def _row_from_run(spec: RunSpec, run) -> dict:
-    m, info = run.data.metrics, run.info
-    secs = (info.end_time - info.start_time) / 1000 if info.end_time else math.nan
-    return _row(spec, info.run_id, "finished (earlier run)",
-                int(run.data.tags.get("num_params", 0)), int(m.get("epochs_trained", 0)),
-                m.get("best_val_nats_per_char", math.nan), m.get("test_nats_per_char", math.nan),
-                secs)
-
-
-def summary_table(rows: list[dict]):
-    import pandas as pd
-
-    return pd.DataFrame(rows)
-
-
-def _markdown(df) -> str:
-    cols = list(df.columns)
-    fmt = [(lambda v: f"{v:.4f}") if df[c].dtype.kind == "f" else str for c in cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(f(r[c]) for f, c in zip(fmt, cols, strict=True)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _describe(cfg: Config, plan: list[RunSpec]) -> str:
-    m, t = cfg.model, cfg.train
-    grid = "".join(f" × {k} {v}" for k, v in cfg.ablation.grid.items())
-    match = (f" (widths matched to {cfg.ablation.match_params_to}'s parameter count)"
-             if cfg.ablation.match_params_to else "")
-    return (f"{cfg.name}: {len(plan)} runs — variants {sorted({p.variant for p in plan})} × "
-            f"datasets {sorted({p.dataset for p in plan})}{grid} × seeds "
-            f"{sorted({p.seed for p in plan})}; {m.num_layers}×{m.hidden_size} units{match}, "
-            f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}, seq {t.seq_len}, "
-            f"up to {t.epochs} epochs. Losses in nats/char (bits = nats / ln 2).")
+def _fractions(corpus: Corpus) -> str:
+    n = len(corpus.ids)
+    return "/".join(f"{len(v) / n:.2f}" for v in corpus.splits.values()) if n else "?"
 
 
 def print_summary(rows: list[dict]) -> None:
@@ -250,7 +108,7 @@ def print_summary(rows: list[dict]) -> None:
 def print_plan(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus]) -> None:
     from study.model import count_params
 
-    print(_describe(cfg, plan))
+    print(describe(cfg, plan))
     for spec in plan:
         c = corpora[spec.dataset]
         n = count_params(spec.cfg.model, c.vocab_size)
@@ -273,8 +131,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="validate the config and corpora, print the plan, train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="sweeps: local worker processes (overrides sweep.workers)")
+                   help="local worker processes taking runs (ablation) or trials (sweep: "
+                        "overrides sweep.workers) from the shared queue")
     args = p.parse_args(argv)
+    sigterm_as_interrupt()  # `timeout`, Docker and Slurm stop jobs with SIGTERM
+    try:
+        return _main(args)
+    except KeyboardInterrupt as e:
+        print("\ninterrupted: the runs in progress are marked KILLED in MLflow; continue "
+              "them with the same command and --resume", file=sys.stderr)
+        return exit_code(e)
+
+
+def _main(args) -> int:
     t0 = time.perf_counter()
     try:
         cfg = config_mod.load(args.config, args.set)
@@ -282,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--workers {args.workers}: need at least 1")
         corpora = load_corpora(cfg)
         plan = make_plan(cfg, corpora)
+        check_sizes(plan, corpora)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -302,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print_plan(cfg, plan, corpora)
         return 0
-    rows = run_ablation(cfg, plan, corpora, resume=args.resume, force=args.force,
-                        progress=not args.no_progress)
+    try:
+        rows = run_ablation(cfg, plan, corpora, resume=args.resume, force=args.force,
+                            progress=not args.no_progress, workers=args.workers or 1)
+    except (DataError, CheckpointError) as e:  # the message names the file and the fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print_summary(rows)
     print(f"\n{len(rows)} runs in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
     if cfg.tracking.enabled:
@@ -311,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"MLflow: {tracking_uri(cfg.tracking)} (experiment {cfg.tracking.experiment!r});"
               " browse with `make ui`", file=sys.stderr)
-    return 0 if all(r["status"].startswith("finished") for r in rows) else 1
+    failed = [r for r in rows if not ok(r)]
+    if failed:
+        print(f"{len(failed)} of {len(rows)} runs did not finish: "
+              + "; ".join(f"{r['variant']} on {r['dataset']}: {r['status']}" for r in failed),
+              file=sys.stderr)
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ Tags every training run carries: variant, dataset, seed, config_hash, git_commit
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import time
@@ -25,6 +27,10 @@ from study.config import Config, TrackingConfig, flatten, to_dict
 from study.data import PROJECT_ROOT
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+
+
+class StoreError(RuntimeError):
+    """A tracking store that is not there, or holds nothing to read."""
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -46,29 +52,67 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _local_path(uri: str) -> Path | None:
+    """The file or folder behind a local store URI (sqlite:///PATH, file:PATH, a bare path)."""
+    if uri.startswith("sqlite:///"):
+        return None if ":memory:" in uri else Path(uri[len("sqlite:///"):])
+    if uri.startswith("file:"):
+        return Path(uri[len("file:"):].removeprefix("//"))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def require_store(uri: str) -> None:
+    """Refuse a local store that does not exist, before MLflow would create an empty one."""
+    path = _local_path(uri)
+    if path is not None and not path.exists():
+        raise StoreError(f"no MLflow store at {uri} ({path} does not exist); check "
+                         "--tracking-uri or $MLFLOW_TRACKING_URI (the default store is "
+                         "results/mlflow.db under the folder you ran study.run in)")
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str):
+    """Serialise the first open of a local SQLite store between processes: MLflow creates
+    and migrates its schema on first use, and two processes doing it at once crash
+    ("duplicate column name")."""
+    path = _local_path(uri) if uri.startswith("sqlite:///") else None
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Store:
-    """One experiment in one tracking store. Create it in the parent process before any
-    child or worker starts: MLflow's SQLite schema creation races between processes."""
+    """One experiment in one tracking store. Artifacts of a local store go next to it
+    (<folder of mlflow.db>/mlartifacts/<experiment>), wherever the command runs."""
 
     def __init__(self, cfg: TrackingConfig):
         self.uri = tracking_uri(cfg)
-        results = Path(cfg.results_dir).resolve()
-        if self.uri.startswith("sqlite:///"):
-            results.mkdir(parents=True, exist_ok=True)
-        # No mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to every subprocess.
-        self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(cfg.experiment)
-        if exp is None:
-            location = None
-            if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
-                location = (results / "mlartifacts" / cfg.experiment).as_uri()
-            try:
-                self.experiment_id = self.client.create_experiment(cfg.experiment, location)
-            except mlflow.exceptions.MlflowException:  # another process created it first
-                self.experiment_id = self.client.get_experiment_by_name(
-                    cfg.experiment).experiment_id
-        else:
-            self.experiment_id = exp.experiment_id
+        local = _local_path(self.uri)
+        artifacts = None
+        if local is not None:
+            root = local.parent if self.uri.startswith("sqlite:") else local
+            artifacts = (root.resolve() / "mlartifacts" / cfg.experiment).as_uri()
+        with _creation_lock(self.uri):
+            # No mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to every subprocess.
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(cfg.experiment)
+            if exp is None:
+                try:
+                    self.experiment_id = self.client.create_experiment(cfg.experiment,
+                                                                       artifacts)
+                except mlflow.exceptions.MlflowException:  # another machine created it first
+                    exp = self.client.get_experiment_by_name(cfg.experiment)
+            if exp is not None:
+                self.experiment_id = exp.experiment_id
         self.name = cfg.experiment
 
     def find(self, **tags) -> list:
@@ -82,6 +126,15 @@ class Store:
         runs = [r for r in self.find(config_hash=config_hash, kind="train")
                 if r.info.status == FINISHED]
         return runs[0] if runs else None
+
+    def latest(self, config_hash: str, kind: str = "train"):
+        """The newest run of a configuration, whatever its status."""
+        runs = self.find(config_hash=config_hash, kind=kind)
+        return runs[0] if runs else None
+
+    def mark_killed(self, run_id: str, reason: str) -> None:
+        self.client.set_tag(run_id, "failure_reason", reason[:5000])
+        self.client.set_terminated(run_id, KILLED)
 
     def unfinished(self, config_hash: str, kind: str = "train"):
         runs = [r for r in self.find(config_hash=config_hash, kind=kind)
@@ -153,6 +206,9 @@ class RunTracker:
     def end(self, status: str = FINISHED, reason: str = "") -> None:
         if reason:
             self.set_tags({"failure_reason": reason[:5000]})
+        elif "failure_reason" in self.client.get_run(self.run_id).data.tags:
+            # a resumed run that finished is no longer "interrupted"
+            self.client.delete_tag(self.run_id, "failure_reason")
         self.client.set_terminated(self.run_id, status=status)
 
     def end_after(self, error: BaseException, resume_hint: str = "") -> None:

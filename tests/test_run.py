@@ -56,7 +56,7 @@ def test_smoke_ablation_leaves_parent_and_child_runs(smoke):
         samples = {a.path for a in client.list_artifacts(c.info.run_id, "samples")}
         assert samples == {"samples/epoch_001.txt", "samples/epoch_002.txt"}
         ck = client.download_artifacts(c.info.run_id, "checkpoint/best.pt")
-        payload = torch.load(ck, weights_only=False)
+        payload = torch.load(ck, map_location="cpu", weights_only=True)
         assert payload["config"]["model"]["cell"] == c.data.tags["variant"]
         assert payload["vocab"] and payload["model"]
     summary = client.download_artifacts(parent.info.run_id, "summary.csv")
@@ -159,7 +159,7 @@ def test_resume_after_a_hard_kill_ends_with_the_same_weights(tmp_path):
 
     def last_weights(results):
         (ck,) = (results / "checkpoints" / "smoke").glob("*/last.pt")
-        return torch.load(ck, weights_only=False)["model"]
+        return torch.load(ck, map_location="cpu", weights_only=True)["model"]
 
     a, b = last_weights(tmp_path / "whole"), last_weights(tmp_path / "split")
     assert a.keys() == b.keys()
@@ -274,8 +274,8 @@ def test_ctrl_c_leaves_the_runs_killed_with_how_to_continue(tmp_path, monkeypatc
         raise KeyboardInterrupt
 
     monkeypatch.setattr(study.train, "train", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run.main([SMOKE, "--no-progress", "--set", f"tracking.results_dir={tmp_path}"])
+    assert run.main([SMOKE, "--no-progress", "--set", f"tracking.results_dir={tmp_path}"]) \
+        == 130  # 128 + SIGINT, no traceback
     client = client_for(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     assert {r.data.tags["kind"]: r.info.status for r in runs} == {"ablation": "KILLED",

@@ -135,7 +135,7 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent, progress: bool) 
     except BaseException as e:
         if tracker is not None:
             tracker.set_tags({"trial_state": "FAIL"})
-            tracker.end("FAILED", f"{type(e).__name__}: {e}")
+            tracker.end_after(e, "re-run the command to resume the study")
         raise
     if res.status != "finished":
         trial.set_user_attr("diverged", True)
@@ -218,7 +218,13 @@ def work(cfg_dict: dict, url: str, name: str, parent_run_id: str | None, worker:
 
 
 def _worker_entry(*args) -> None:
-    work(*args)
+    from study.signals import sigterm_as_interrupt
+
+    sigterm_as_interrupt()
+    try:
+        work(*args)
+    except KeyboardInterrupt:  # its trial stays RUNNING and is queued again when found
+        sys.exit(130)
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,12 +287,18 @@ def run_sweep(cfg: Config, workers: int | None = None, progress: bool = True) ->
                      for w in range(workers)]
             for p in procs:
                 p.start()
-            for p in procs:
-                p.join()
+            try:
+                for p in procs:
+                    p.join()
+            except BaseException:
+                for p in procs:
+                    p.terminate()
+                for p in procs:
+                    p.join()
+                raise
             bad = [p.exitcode for p in procs if p.exitcode != 0]
-            if bad:
-                raise RuntimeError(f"{len(bad)} worker(s) exited with codes {bad}; re-run the "
-                                   "command to resume the study")
+            if bad and _after_dead_workers(study, store, url, bad):
+                work(*args, 0, target, None, progress)
     except BaseException as e:
         if parent is not None:
             parent.end_after(e, "re-run the command to resume the study")
@@ -296,6 +308,18 @@ def run_sweep(cfg: Config, workers: int | None = None, progress: bool = True) ->
     if parent is not None:
         parent.end("FINISHED")
     return summary
+
+
+def _after_dead_workers(study, store, url: str, codes: list[int]) -> bool:
+    """Workers that died leave the study complete (the others took up their trials) or
+    not; returns whether trials are left for this process to run."""
+    with ask_lock(url):
+        recover(study, store)
+    left = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    print(f"{len(codes)} worker(s) stopped (exit codes {codes}); "
+          + ("their trials were run again by the others" if not left else
+             f"{len(left)} trial(s) left, run here"), file=sys.stderr)
+    return bool(left)
 
 
 def _digest(cfg: Config) -> str:

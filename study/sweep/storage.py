@@ -62,6 +62,7 @@ def ask_lock(url: str):
     if path is None:
         yield
         return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.asklock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -140,12 +141,13 @@ def recover(study: optuna.Study, store=None) -> list[int]:
                   "were queued again")
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        job = {k: v for k, v in t.user_attrs.items() if k.startswith("job.")}  # a grid job
+        study.enqueue_trial(t.params, user_attrs={**job, "retry_of": t.number})
         run_id = t.user_attrs.get("mlflow_run_id")
         if store is not None and run_id:
-            store.client.set_tag(run_id, "failure_reason", reason)
-            store.client.set_tag(run_id, "trial_state", "FAIL")
-            store.client.set_terminated(run_id, "KILLED")
+            if not job:  # a sweep trial's run
+                store.client.set_tag(run_id, "trial_state", "FAIL")
+            store.mark_killed(run_id, reason)
         lost.append(t.number)
     if lost:
         print(f"recovered trials {lost} of workers that stopped; their parameters run again",

@@ -1,0 +1,24 @@
+"""SIGTERM handled as Ctrl-C is: `timeout`, Docker and Slurm stop a job with SIGTERM, and
+the runs it leaves must end KILLED with how to continue, not stay RUNNING."""
+
+from __future__ import annotations
+
+import signal
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def sigterm_as_interrupt() -> None:
+    """From now on SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def exit_code(error: KeyboardInterrupt) -> int:
+    """The shell's convention: 128 + the signal's number."""
+    return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
