@@ -221,3 +221,39 @@ def test_waiting_for_another_worker_is_bounded_by_its_liveness(tmp_path):
     again = q.take()
     assert again is not None and again.hash == "h1"  # queued again once, taken here
     assert q.take() is None
+
+
+def test_a_failing_probe_fails_the_run_visibly_and_resume_probes_again(tmp_path, capsys,
+                                                                      monkeypatch):
+    from study import figures
+
+    def broken(*a, **k):
+        raise IndexError("index 80 is out of bounds")
+
+    results = tmp_path / "r"
+    args = [SMOKE, "--set", f"tracking.results_dir={results}", "--no-progress", "--set",
+            "ablation.variants=[lstm]", "--set", "ablation.datasets=[linux]", "--set",
+            "train.epochs=1"]
+    monkeypatch.setattr(figures, "trace_png", broken)
+    assert run.main(args) == 1
+    err = capsys.readouterr().err
+    assert "probes failed" in err and "traces: IndexError" in err  # summary and the end
+    (child,) = runs_of(results, "train")
+    assert child.info.status == "FAILED"
+    assert child.data.tags["failure_reason"].startswith("probes failed after training")
+    assert "--resume" in child.data.tags["failure_reason"]
+    client = client_for(results)
+    arts = {a.path for a in client.list_artifacts(child.info.run_id, "probes")}
+    assert "probes/saturation.csv" in arts and "probes/error_flow.csv" in arts  # the rest
+    assert "test_nats_per_char" in child.data.metrics  # training itself finished
+    (parent,) = runs_of(results, "ablation")
+    assert parent.data.tags["failed_runs"] == "1"
+    monkeypatch.undo()
+    assert run.main([*args, "--resume"]) == 0  # probes again, without retraining
+    assert "resuming" in capsys.readouterr().err
+    (after,) = runs_of(results, "train")
+    assert after.info.run_id == child.info.run_id and after.info.status == "FINISHED"
+    assert "failure_reason" not in after.data.tags
+    assert len(client.get_metric_history(child.info.run_id, "val_nats_per_char")) == 1
+    assert any(a.path.endswith(".png") for a in
+               client.list_artifacts(child.info.run_id, "probes/traces"))
