@@ -60,6 +60,15 @@ def make_plan(cfg: Config, corpora: dict[str, Corpus]) -> list[RunSpec]:
     return plan
 
 
+def check_device(cfg: Config) -> None:
+    import torch
+
+    devices = {cfg.train.device, *cfg.ablation.grid.get("train.device", [])}
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but this machine has no CUDA device; use "
+                          "'auto' (CUDA when present) or 'cpu'")
+
+
 def check_sizes(plan: list[RunSpec], corpora: dict[str, Corpus]) -> None:
     """Every split must fill the batch shape of every run (and the probes' error flow its
     window), checked before any run exists: a too-short test split would otherwise fail
@@ -149,6 +158,7 @@ def _main(args) -> int:
         cfg = config_mod.load(args.config, args.set)
         if args.workers is not None and args.workers < 1:
             raise ConfigError(f"--workers {args.workers}: need at least 1")
+        check_device(cfg)
         corpora = load_corpora(cfg)
         plan = make_plan(cfg, corpora)
         check_sizes(plan, corpora)

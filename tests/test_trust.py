@@ -257,3 +257,28 @@ def test_a_failing_probe_fails_the_run_visibly_and_resume_probes_again(tmp_path,
     assert len(client.get_metric_history(child.info.run_id, "val_nats_per_char")) == 1
     assert any(a.path.endswith(".png") for a in
                client.list_artifacts(child.info.run_id, "probes/traces"))
+
+
+def test_a_dead_worker_that_is_not_yet_reaped_counts_as_gone():
+    """A killed worker stays a zombie while its parent waits on another one; its trial must
+    still be recovered (found against a real PostgreSQL in test_scaleout)."""
+    import socket
+    from types import SimpleNamespace
+
+    from study.sweep.storage import _start_ticks, is_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ticks = _start_ticks(child.pid)
+        trial = SimpleNamespace(user_attrs={"worker": f"{socket.gethostname()}:{child.pid}:"
+                                                      f"{ticks}"})
+        assert ticks is not None and is_alive(trial)
+        child.kill()
+        deadline = time.time() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] \
+                != "Z" and time.time() < deadline:  # dead, not reaped: a zombie
+            time.sleep(0.01)
+        assert not is_alive(trial)
+    finally:
+        child.kill()
+        child.wait()

@@ -80,10 +80,15 @@ def _local_file(url: str) -> str | None:
 
 
 def _start_ticks(pid: int) -> str | None:
+    """A live process's start time (clock ticks since boot); None when it is gone. A zombie
+    (exited, not yet reaped by a parent that is waiting on another worker) is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def identity() -> str:
