@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,8 +92,14 @@ class Runs:
             columns=["step", "value", "timestamp"])
 
     def artifact(self, run_id: str, path: str) -> Path | None:
+        """A local copy of a run's artifact, in a folder removed when the process ends
+        (MLflow's default would leave one temp folder per download)."""
+        if not hasattr(self, "_downloads"):
+            self._downloads = tempfile.TemporaryDirectory(prefix="study-report-")
+        dst = Path(self._downloads.name) / run_id
+        dst.mkdir(exist_ok=True)
         try:
-            return Path(self.client.download_artifacts(run_id, path))
+            return Path(self.client.download_artifacts(run_id, path, str(dst)))
         except (MlflowException, OSError):
             return None
 

@@ -23,6 +23,7 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 # one variant on one corpus, no probes: the cheapest real run
 TINY = ["--no-progress", "--set", "ablation.variants=[lstm]", "--set",
         "ablation.datasets=[warpeace]", "--set", "probes.enabled=false"]
+PATH = ["--set", "ablation.datasets=[]"]  # with data.path: one file, no named corpora
 
 
 def client_for(results: Path) -> MlflowClient:
@@ -44,23 +45,74 @@ def nothing_written(results: Path) -> bool:
 # bad values: one clear error each, nothing written
 
 
-@pytest.mark.parametrize("setting,needle", [
-    ("train.lr=.nan", "train.lr = nan is not a finite number"),
-    ("train.epochs=.inf", "train.epochs = inf is not a valid int"),
-    ("train.clip_value=.nan", "train.clip_value = nan is not a finite number"),
-    ("train.lr=[1,", "is not valid YAML"),
-    ("data.splits=[0.9,0.1,0]", "each > 0"),
-    ("tracking.experiment=../../escaped", "tracking.experiment = '../../escaped' is not a "
-                                          "usable name"),
-    ("name=a/b", "name = 'a/b' is not a usable name"),
-])
-def test_bad_values_stop_with_one_clear_error_and_write_nothing(tmp_path, capsys, setting,
-                                                                needle):
+BAD_INPUTS = {  # label: (arguments after the config, what the error must say)
+    "lr NaN": (["--set", "train.lr=.nan"], "train.lr = nan is not a finite number"),
+    "epochs inf": (["--set", "train.epochs=.inf"], "train.epochs = inf is not a valid int"),
+    "clip NaN": (["--set", "train.clip_value=.nan"], "clip_value = nan is not a finite"),
+    "YAML in --set": (["--set", "train.lr=[1,"], "is not valid YAML"),
+    "zero test split": (["--set", "data.splits=[0.9,0.1,0]"], "each > 0"),
+    "experiment ..": (["--set", "tracking.experiment=../../escaped"], "is not a usable name"),
+    "name with /": (["--set", "name=a/b"], "name = 'a/b' is not a usable name"),
+    "unknown key": (["--set", "train.sequence=5"], "unknown key 'train.sequence'"),
+    "unknown variant": (["--set", "ablation.variants=[lstm,nope]"], "unknown cell variant"),
+    "unknown corpus": (["--set", "ablation.datasets=[shakespeare]"], "unknown corpus"),
+    "path a folder": (["--set", "data.path={tmp}", *PATH], "is a directory, not a file"),
+    "path missing": (["--set", "data.path={tmp}/nope.txt", *PATH], "does not exist"),
+    "not UTF-8": (["--set", "data.path={tmp}/bad.txt", *PATH], "is not UTF-8 text"),
+    "empty file": (["--set", "data.path={tmp}/empty.txt", *PATH], "is empty"),
+    "too small": (["--set", "data.path={tmp}/tiny.txt", *PATH], "too few for train.batch"),
+    "too small, dry": (["--set", "data.path={tmp}/tiny.txt", *PATH, "--dry-run"], "too few"),
+    "--workers 0": (["--workers", "0"], "--workers 0: need at least 1"),
+    "batch 0": (["--set", "train.batch_size=0"], "train.batch_size = 0 is out of range"),
+    "k1 > k2": (["--set", "train.k1=999"], "must be <= train.seq_len"),
+    "left >= right": (["--set", "probes.left=0.95"], "must be below probes.right"),
+    "lr < 0": (["--set", "train.lr=-1"], "allowed: 0.0 < lr"),
+    "dropout 1": (["--set", "model.dropout=1.0"], "0.0 <= dropout < 1.0"),
+    "max_chars 10": (["--set", "data.max_chars=10"], "data.max_chars = 10 is out of range"),
+    "error flow": (["--set", "probes.error_flow_q=5000"], "the probes' error flow needs"),
+    "cuda": (["--set", "train.device=cuda"], "no CUDA device"),
+    "truncated grad": (["--set", "model.truncated_gradient=true"], "cells with one"),
+    "sweep grid": (["--set", "sweep.enabled=true", "--set", "ablation.variants=[]", "--set",
+                    "ablation.datasets=[]", "--set", "ablation.seeds=[]", "--set",
+                    "sweep.sampler=grid", "--set", "sweep.grid_k2=[5000]"], "outside k2_min"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inputs")
+    (tmp / "bad.txt").write_bytes(b"ok so far \xff\xfe and then not")
+    (tmp / "empty.txt").write_text("")
+    (tmp / "tiny.txt").write_text("a b c d\n" * 25)
+    return tmp
+
+
+@pytest.mark.parametrize("label", list(BAD_INPUTS))
+def test_bad_inputs_stop_with_one_clear_error_and_write_nothing(tmp_path, capsys, bad_files,
+                                                                label):
+    extra, needle = BAD_INPUTS[label]
+    extra = [a.replace("{tmp}", str(bad_files)) for a in extra]
     results = tmp_path / "r"
-    assert run.main([SMOKE, "--set", f"tracking.results_dir={results}", "--set", setting]) == 2
+    assert run.main([SMOKE, "--no-progress", "--set", f"tracking.results_dir={results}",
+                     *extra]) == 2
     err = capsys.readouterr().err
-    assert needle in err and "Traceback" not in err and err.count("\n") <= 3, err
-    assert nothing_written(results) and not (tmp_path.parent / "escaped").exists()
+    assert needle in err and "Traceback" not in err, err
+    assert sum(line.startswith("error") for line in err.splitlines()) == 1, err
+    # nothing but the corpus cache (a copy of the input, keyed by its checksum)
+    assert not results.exists() or {p.name for p in results.iterdir()} <= {"cache"}
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+@pytest.mark.parametrize("text,needle", [(None, "config file not found"),
+                                          ("train: [1, \n", "not valid YAML")])
+def test_a_missing_or_broken_config_file_is_one_clear_error(tmp_path, capsys, text, needle):
+    path = tmp_path / "c.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert run.main([str(path), "--set", f"tracking.results_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.startswith("error: ")
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("extra,needle", [
