@@ -29,7 +29,7 @@ from pathlib import Path
 from study import config as config_mod
 from study.config import Config
 from study.data import Corpus, load_corpus
-from study.signals import sigterm_as_interrupt
+from study.signals import join_workers, sigterm_as_interrupt
 
 LN2 = math.log(2)
 RESUME_HINT = "continue with --resume"
@@ -141,18 +141,7 @@ def _spawn_workers(cfg: Config, resume: bool, workers: int) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
     procs = [ctx.Process(target=_worker_entry, args=(config_mod.to_dict(cfg), resume, threads),
                          name=f"ablation-worker-{w}") for w in range(workers)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join()
-    except BaseException:
-        for p in procs:
-            p.terminate()  # SIGTERM: each ends its run KILLED
-        for p in procs:
-            p.join()
-        raise
-    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    bad = [code for code in join_workers(procs) if code != 0]
     if bad:  # their jobs are queued again and taken up by the drain that follows
         print(f"{len(bad)} worker(s) stopped with exit codes {bad}; their runs are taken up "
               "again", file=sys.stderr)

@@ -22,3 +22,21 @@ def sigterm_as_interrupt() -> None:
 def exit_code(error: KeyboardInterrupt) -> int:
     """The shell's convention: 128 + the signal's number."""
     return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
+
+
+def join_workers(procs) -> list[int]:
+    """Start worker processes and wait for them; if this process is interrupted (Ctrl-C,
+    SIGTERM), stop them too (SIGTERM: each ends its run KILLED) before going on. Returns
+    their exit codes."""
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+        raise
+    return [p.exitcode for p in procs]

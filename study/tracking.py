@@ -12,7 +12,6 @@ Tags every training run carries: variant, dataset, seed, config_hash, git_commit
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 import time
@@ -25,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from study.config import Config, TrackingConfig, flatten, to_dict
 from study.data import PROJECT_ROOT
+from study.files import file_lock
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 
@@ -78,16 +78,8 @@ def _creation_lock(uri: str):
     and migrates its schema on first use, and two processes doing it at once crash
     ("duplicate column name")."""
     path = _local_path(uri) if uri.startswith("sqlite:///") else None
-    if path is None:
+    with file_lock(None if path is None else f"{path}.lock"):
         yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class Store:

@@ -50,6 +50,7 @@ from optuna.trial import TrialState
 from study import config as config_mod
 from study.config import Config, ConfigError
 from study.data import load_corpus
+from study.signals import join_workers, sigterm_as_interrupt
 from study.sweep.space import (
     clip_label,
     grid_points,
@@ -218,8 +219,6 @@ def work(cfg_dict: dict, url: str, name: str, parent_run_id: str | None, worker:
 
 
 def _worker_entry(*args) -> None:
-    from study.signals import sigterm_as_interrupt
-
     sigterm_as_interrupt()
     try:
         work(*args)
@@ -285,18 +284,7 @@ def run_sweep(cfg: Config, workers: int | None = None, progress: bool = True) ->
             ctx = multiprocessing.get_context("spawn")
             procs = [ctx.Process(target=_worker_entry, args=(*args, w, target, threads, False))
                      for w in range(workers)]
-            for p in procs:
-                p.start()
-            try:
-                for p in procs:
-                    p.join()
-            except BaseException:
-                for p in procs:
-                    p.terminate()
-                for p in procs:
-                    p.join()
-                raise
-            bad = [p.exitcode for p in procs if p.exitcode != 0]
+            bad = [code for code in join_workers(procs) if code != 0]
             if bad and _after_dead_workers(study, store, url, bad):
                 work(*args, 0, target, None, progress)
     except BaseException as e:

@@ -11,7 +11,6 @@ heartbeat is older than STALE_AFTER_S.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import sys
@@ -23,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from study.config import Config
+from study.files import file_lock
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S = 30
@@ -59,16 +59,8 @@ def ask_lock(url: str):
     (PostgreSQL, MySQL) locks the popped row itself; there, workers on several machines
     may overshoot the trial count by at most one trial each."""
     path = _local_file(url)
-    if path is None:
+    with file_lock(None if path is None else f"{path}.asklock"):
         yield
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.asklock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _local_file(url: str) -> str | None:
