@@ -142,7 +142,7 @@ def test_a_killed_worker_is_recovered_when_the_command_runs_again(tmp_path):
     (lost,) = study_of(tmp_path).get_trials(states=(TrialState.RUNNING,))
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "recovered trials" in again.stderr
+    assert "1 trial(s) of workers that stopped" in again.stderr
     trials = study_of(tmp_path).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 3  # the requested number

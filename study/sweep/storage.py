@@ -134,11 +134,13 @@ def recover(study: optuna.Study, store=None) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if is_alive(t):
             continue
-        reason = (f"worker {t.user_attrs['worker']} stopped during the trial; its parameters "
-                  "were queued again")
+        job = {k: v for k, v in t.user_attrs.items() if k.startswith("job.")}  # a grid job
+        reason = (f"worker {t.user_attrs['worker']} stopped during the run; queued again "
+                  "(--resume continues it from its last checkpoint)") if job else (
+            f"worker {t.user_attrs['worker']} stopped during the trial; its parameters were "
+            "queued again")
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
         study.tell(t.number, state=TrialState.FAIL)
-        job = {k: v for k, v in t.user_attrs.items() if k.startswith("job.")}  # a grid job
         study.enqueue_trial(t.params, user_attrs={**job, "retry_of": t.number})
         run_id = t.user_attrs.get("mlflow_run_id")
         if store is not None and run_id:
@@ -147,8 +149,9 @@ def recover(study: optuna.Study, store=None) -> list[int]:
             store.mark_killed(run_id, reason)
         lost.append(t.number)
     if lost:
-        print(f"recovered trials {lost} of workers that stopped; their parameters run again",
-              file=sys.stderr)
+        what = "run(s)" if job else "trial(s)"
+        print(f"{len(lost)} {what} of workers that stopped (queue numbers {lost}) are queued "
+              "again", file=sys.stderr)
     return lost
 
 
