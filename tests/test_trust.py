@@ -334,3 +334,17 @@ def test_a_dead_worker_that_is_not_yet_reaped_counts_as_gone():
     finally:
         child.kill()
         child.wait()
+
+
+def test_workers_take_the_ablation_grid_from_the_queue(tmp_path):
+    results = tmp_path / "r"
+    done = subprocess.run(_cli(results, "--set", "ablation.variants=[lstm,gru,rnn]", "--set",
+                               "train.epochs=1", "--workers", "2"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    train = runs_of(results, "train")
+    assert sorted(r.data.tags["variant"] for r in train) == ["gru", "lstm", "rnn"]
+    assert all(r.info.status == "FINISHED" for r in train)
+    (parent,) = runs_of(results, "ablation")
+    assert {r.data.tags["mlflow.parentRunId"] for r in train} == {parent.info.run_id}
+    assert done.stdout.count("finished") == 3
