@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from study import config, data, files, inspect, train
 from study.model import CharLM
+from tests.test_train import tiny_cfg as train_tiny_cfg
 
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 60
 
@@ -36,14 +37,8 @@ def malicious(path: Path, marker: Path) -> Path:
 
 
 def tiny_cfg(tmp_path, **changes):
-    p = tmp_path / "tiny.txt"
-    p.write_text(TEXT)
-    base = {"data.path": str(p), "data.splits": [0.8, 0.1, 0.1], "model.hidden_size": 16,
-            "model.num_layers": 1, "train.batch_size": 8, "train.seq_len": 20,
-            "train.epochs": 1, "train.patience": None, "train.sample_chars": 0,
-            "tracking.enabled": False}
-    base.update(changes)
-    return config.updated(config.load(None), base)
+    """test_train's tiny config, smaller still: one epoch of a 16-unit layer."""
+    return train_tiny_cfg(tmp_path, **{"model.hidden_size": 16, "train.epochs": 1, **changes})
 
 
 @pytest.fixture
