@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from study import data, files
 from study.config import Config, to_dict
 from study.model import CharLM, detach_state, sample
 from study.scan import single_backward
+
+if TYPE_CHECKING:  # probes imports this module at run time; the annotation needs no import
+    from study.probes import ProbeResult
 
 LN2 = math.log(2)
 
@@ -48,7 +52,7 @@ class Result:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     num_params: int = 0
-    probes: object = None  # study.probes.ProbeResult of the final probes (None: not probed)
+    probes: ProbeResult | None = None  # the final probes' outcome (None: not probed)
     model: CharLM | None = None  # the best-validation model, for callers that go on
 
 
