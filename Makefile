@@ -17,7 +17,7 @@ endif
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(BIN)/python -m study.fused  # build the fused step kernels (the torch code is the fallback)
+	$(BIN)/python -m study.engine.fused  # build the fused step kernels (the torch code is the fallback)
 	touch $@
 
 ablation: $(STAMP)  ## the variant ablation on War and Peace and Linux (CPU-sized)

@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.cells import CELLS
 from study.config import ModelConfig
+from study.engine.cells import CELLS
+from study.engine.scan import single_backward
 from study.model import CharLM
-from study.scan import single_backward
 
 BASELINES = {"nn.LSTM": nn.LSTM, "nn.GRU": nn.GRU}
 

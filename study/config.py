@@ -53,7 +53,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    cell: str = opt("lstm", "the cell variant (see study.cells.CELLS)")
+    cell: str = opt("lstm", "the cell variant (see study.engine.cells.CELLS)")
     hidden_size: int = opt(128, "units per layer (H)", lo=1, hi=16384)
     num_layers: int = opt(2, "stacked recurrent layers (L)", lo=1, hi=16)
     input: str = opt("onehot", "how characters enter layer 1", choices=("onehot", "embedding"))
@@ -126,7 +126,7 @@ class ProbesConfig:
     gru_update: str = opt(
         "pytorch", "GRU update gate shown as u (PyTorch: h = (1-u) n + u h') or as char-rnn's "
         "1 - u", choices=("pytorch", "charrnn"))
-    concepts: list[str] = opt([], "concepts to score (empty: all in study.concepts.CONCEPTS)")
+    concepts: list[str] = opt([], "concepts to score (empty: all of study.probes.concepts)")
     top_units: int = opt(3, "units per concept drawn as traces", lo=1)
     trace_chars: int = opt(1500, "characters in each HTML trace (PNG: the first 600)", lo=50)
     error_flow: bool = opt(True, "measure ‖dℓ_t/dh_(t-q)‖ and ‖dℓ_t/dc_(t-q)‖ against q")
@@ -351,8 +351,8 @@ def check_name(value: str, key: str, source: str = "") -> None:
 
 
 def _check_cross_field(cfg: Config, source: str) -> None:
-    from study.cells import CELLS, get_cell_class  # the registry is the list of valid names
     from study.data import CORPORA
+    from study.engine.cells import CELLS, get_cell_class  # the registry is the list of valid names
 
     for key, value in (("name", cfg.name), ("tracking.experiment", cfg.tracking.experiment),
                        ("sweep.name", cfg.sweep.name)):
@@ -404,7 +404,7 @@ def _check_cross_field(cfg: Config, source: str) -> None:
     if cfg.probes.left >= cfg.probes.right:
         raise ConfigError(f"{source}: probes.left = {cfg.probes.left} must be below "
                           f"probes.right = {cfg.probes.right}")
-    from study.concepts import CONCEPTS
+    from study.probes.concepts import CONCEPTS
 
     for name in cfg.probes.concepts:
         if name not in CONCEPTS:

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from study import config as config_mod
-from study.concepts import CONCEPTS
 from study.data import DataError, load_corpus, read_text
 from study.model import CharLM
 from study.probes import read, trace_html, unit_scores, write_traces
+from study.probes.concepts import CONCEPTS
 from study.train import BEST_KEYS, CheckpointError, load_checkpoint
 
 

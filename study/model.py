@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from study.cells import Cell, get_cell_class
 from study.config import ModelConfig
-from study.fused import kernel_for
-from study.scan import scan
+from study.engine.cells import Cell, get_cell_class
+from study.engine.fused import kernel_for
+from study.engine.scan import scan
 
 State = list[tuple[Tensor, Tensor | None]]  # per layer: (s (B, Hr), c (B, H) or None)
 
@@ -53,7 +53,7 @@ class RecurrentLayer(nn.Module):
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor | None], keep: bool = False):
         """x: (T, B) ids when one-hot, else (T, B, in). Returns (S, C) or (S, C, K); see
-        study.scan.scan."""
+        study.engine.scan.scan."""
         return scan(self.cell, x, self.W, self.b, self.recurrent_weights(), state[0],
                     state[1], tuple(self.extra.values()), onehot=self.onehot, keep=keep,
                     kernel=self.kernel(self.W.dtype, self.W.device))

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from study import data, files
 from study.config import Config, to_dict
+from study.engine.scan import single_backward
 from study.model import CharLM, detach_state, sample
-from study.scan import single_backward
 
 if TYPE_CHECKING:  # probes imports this module at run time; the annotation needs no import
     from study.probes import ProbeResult

@@ -4,9 +4,9 @@ float64 implementations of each variant's equations, and finite differences."""
 import pytest
 import torch
 
-from study.cells import CELLS, LSTMFamily, get_cell_class
+from study.engine.cells import CELLS, LSTMFamily, get_cell_class
+from study.engine.scan import single_backward
 from study.model import RecurrentLayer
-from study.scan import single_backward
 from tests import reference
 
 T, B, I, H = 6, 3, 5, 4

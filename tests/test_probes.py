@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study import concepts, probes
+from study import probes
 from study.config import ModelConfig, ProbesConfig
 from study.model import CharLM
+from study.probes import concepts
 from tests import reference
 
 
@@ -301,9 +302,9 @@ def test_every_probe_succeeds_with_todays_metric_keys():
 
 
 @pytest.mark.parametrize("target,failed,lost", [
-    ("study.figures.trace_png", "traces", {"traces/index.html", "traces/in_quotes_1.png"}),
+    ("study.probes.figures.trace_png", "traces", {"traces/index.html", "traces/in_quotes_1.png"}),
     ("study.probes.error_flow", "error_flow", {"error_flow.csv", "error_flow.png"}),
-    ("study.figures.saturation_scatter", "saturation", {"saturation.csv", "saturation.png"}),
+    ("study.probes.figures.saturation_scatter", "saturation", {"saturation.csv", "saturation.png"}),
     ("study.probes.unit_scores", "units",  # and the traces, drawn from the units' scores
      {"unit_scores.csv", "best_units.csv", "traces/index.html", "traces/in_quotes_1.png"}),
 ])

@@ -16,10 +16,11 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from study import figures, probes, traces
-from study.concepts import CONCEPTS, indentation, line_position
+from study import probes
 from study.config import ModelConfig, ProbesConfig
 from study.model import CharLM
+from study.probes import figures, traces
+from study.probes.concepts import CONCEPTS, indentation, line_position
 
 NON_ASCII = "éÉßçñüжЖщЯ中文字漢語😀🎉👍"
 SEPARATORS = "\x0b\x0c\x1c\x85\u2028\u2029"  # str.splitlines breaks at these; '\n' only does

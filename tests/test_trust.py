@@ -277,7 +277,7 @@ def test_waiting_for_another_worker_is_bounded_by_its_liveness(tmp_path):
 
 def test_a_failing_probe_fails_the_run_visibly_and_resume_probes_again(tmp_path, capsys,
                                                                       monkeypatch):
-    from study import figures
+    from study.probes import figures
 
     def broken(*a, **k):
         raise IndexError("index 80 is out of bounds")

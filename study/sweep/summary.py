@@ -63,7 +63,7 @@ def _given(v) -> bool:
 
 
 def summarise(study: optuna.Study, cfg: Config, parent, minutes: float) -> dict:
-    from study import figures
+    from study.sweep import figures
 
     table = trials_table(study)
     complete = table[table.state == "COMPLETE"]

@@ -6,7 +6,7 @@ streams with the state carried, leaving out each stream's first `warmup` steps.
 
 - Saturation: per layer, gate and unit, the fraction of steps with the gate below `left`
   (left-saturated) and above `right` (right-saturated).
-- Units: every unit's tanh(c) and h against every concept of study.concepts: ROC-AUC for
+- Units: every unit's tanh(c) and h against every concept of study.probes.concepts: ROC-AUC for
   binary concepts (reported as max(AUC, 1 − AUC) with its sign), Spearman's ρ (ranked by
   |ρ|: a unit may track a concept monotonically but not linearly) and Pearson's r for
   continuous ones; traces of the best units drawn over the text.
@@ -16,7 +16,7 @@ streams with the state carried, leaving out each stream's first `warmup` steps.
 
 Each probe runs under its own guard (`run_probes`): one that fails prints its traceback,
 loses only its own outputs and is named in ProbeResult.failed; the others are still
-computed, written and logged. The traces themselves are drawn by study.traces.
+computed, written and logged. The traces themselves are drawn by study.probes.traces.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from study.concepts import CONCEPTS, signals
 from study.config import ProbesConfig
+from study.engine.scan import record_state_grads
 from study.model import CharLM
-from study.scan import record_state_grads
-from study.traces import trace_html, write_traces  # noqa: F401 (trace_html: for study.inspect)
+from study.probes.concepts import CONCEPTS, signals
+from study.probes.traces import trace_html, write_traces  # noqa: F401 (trace_html: for study.inspect)
 
 # ---------------------------------------------------------------------------------------
 # reading a stretch of text
@@ -351,7 +351,7 @@ def run_probes(model: CharLM, corpus, cfg: ProbesConfig, tracker, title: str,
 
 
 def _saturation_figure(model, sat: pd.DataFrame, cfg: ProbesConfig, title: str, folder: Path):
-    from study import figures
+    from study.probes import figures
 
     note = ""
     if getattr(model.cell, "discrete_gates", False):
@@ -367,7 +367,7 @@ def _saturation_figure(model, sat: pd.DataFrame, cfg: ProbesConfig, title: str, 
 
 def _error_flow_probe(model, init_model, ids, cfg: ProbesConfig, title: str, tracker,
                       folder: Path) -> None:
-    from study import figures
+    from study.probes import figures
 
     flow = error_flow(model, ids, cfg.error_flow_q, cfg.error_flow_batch)
     flow["when"] = "trained"

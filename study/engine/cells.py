@@ -214,7 +214,7 @@ class Cell:
         """Set the forget-gate bias (Jozefowicz15); cells without one ignore it."""
 
     def kernel_spec(self) -> dict | None:
-        """What study.fused needs to run this cell's step in C, or None: then the torch
+        """What study.engine.fused needs to run this cell's step in C, or None: then the torch
         code above runs. A cell whose equations the kernels do not cover returns None."""
         return None
 
@@ -383,7 +383,7 @@ class LSTMFamily(Cell):
     def kernel_spec(self):
         if not self._own_equations(LSTMFamily):
             return None
-        from study.fused import ACT, FORGET
+        from study.engine.fused import ACT, FORGET
 
         def offset(n):
             return self.blocks.index(n) * self.H if n in self.blocks else -1

@@ -1,5 +1,5 @@
 r"""Traces: a unit's value drawn over the text it read, as an HTML page (each character on a
-coloured background, its value on hover) or, through study.figures.trace_png, a PNG grid.
+coloured background, its value on hover) or, through study.probes.figures.trace_png, a PNG grid.
 
 Both follow one layout rule (`cells`): every character of the text appears once, in order,
 with its own value, except '\r', which is not drawn (a CRLF line ends once); '\n' is drawn
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.concepts import CONCEPTS, signals
 from study.config import ProbesConfig
+from study.probes.concepts import CONCEPTS, signals
 
 NEWLINE = "↵"  # how a '\n' is drawn
 
@@ -103,8 +103,7 @@ def write_traces(acts, scores: pd.DataFrame, out: Path, cfg: ProbesConfig, title
                  png: bool = True) -> list[dict]:
     """HTML (and PNG for each concept's best unit) traces of study.probes.Activations
     `acts`, for the best units of `scores`, and an index.html."""
-    from study import figures
-    from study.probes import best_units, describe_unit
+    from study.probes import best_units, describe_unit, figures
 
     out.mkdir(parents=True, exist_ok=True)
     sig = signals(acts.text, sorted(set(scores["concept"])))

@@ -8,7 +8,7 @@ equations of the LSTM family, the GRU and the RNN as declared by each cell's
 `kernel_spec()`; the tests hold them equal to the torch code, which stays the reference
 and the fallback (other dtypes, CUDA, no compiler, or `engine: torch`).
 
-    python -m study.fused          # build (the Makefile's install step does this) and check
+    python -m study.engine.fused          # build (the Makefile's install step does this) and check
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from study.cells import Cell
+from study.engine.cells import Cell
 
 _LOCAL = threading.local()
 
@@ -80,7 +80,7 @@ def scan(cell: Cell, x: Tensor, W: Tensor, b: Tensor, R: Tensor, s0: Tensor,
          keep: bool = False, kernel=None):
     """Run `cell` over x. Returns (S, C), or (S, C, K) with keep=True, K (T, B, saved)
     being what the cell kept per step (gate activations, for the probes). `kernel`, from
-    study.fused.kernel_for, runs the cell's elementwise step in C."""
+    study.engine.fused.kernel_for, runs the cell's elementwise step in C."""
     if c0 is None:
         c0 = W.new_empty(0)
     step = kernel or cell
@@ -155,7 +155,7 @@ class _Scan(torch.autograd.Function):
         cell: Cell = ctx.cell
         step = ctx.step
         if ctx.reuse_k and ctx.done:
-            raise RuntimeError("this graph was recorded under study.scan.single_backward(), "
+            raise RuntimeError("this graph was recorded under study.engine.scan.single_backward(), "
                                "whose backward pass overwrites its buffers; it cannot run "
                                "twice (record it outside single_backward to retain it)")
         ctx.done = True
