@@ -15,6 +15,7 @@ import contextlib
 import os
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from study.data import PROJECT_ROOT
 from study.files import file_lock
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+# one progress bar per small artifact download drowns a command's own output
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class StoreError(RuntimeError):
@@ -209,3 +212,87 @@ class RunTracker:
             self.end("KILLED", "interrupted" + (f"; {resume_hint}" if resume_hint else ""))
         else:
             self.end("FAILED", f"{type(error).__name__}: {error}")
+
+
+# ---------------------------------------------------------------------------------------
+# reading runs back (analyses/, study.inspect)
+
+
+class RunNotFound(StoreError):
+    """A run id the store does not hold."""
+
+
+@dataclass
+class RunRecord:
+    """One run as plain data: what the report and the inspector read."""
+
+    run_id: str
+    name: str
+    experiment: str
+    status: str  # FINISHED | FAILED | KILLED | RUNNING
+    start_ms: int | None
+    end_ms: int | None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # the last value of each
+
+
+class Reader:
+    """Runs of an existing store, read by name: experiments, runs, metric histories and
+    artifacts. Refuses a local store that is not there (StoreError)."""
+
+    def __init__(self, uri: str):
+        require_store(uri)  # before the client: it would create an empty store at a typo
+        self.uri = uri
+        self._client = MlflowClient(tracking_uri=uri)
+
+    def experiments(self) -> list[str]:
+        return [e.name for e in self._client.search_experiments()]
+
+    def runs(self, experiments: list[str] | None = None, run_ids: list[str] | None = None,
+             tags: dict[str, str] | None = None) -> list[RunRecord]:
+        """The runs of these experiments (default: all) whose tags match, plus the runs
+        named in run_ids (wherever they are)."""
+        names = {e.experiment_id: e.name for e in self._client.search_experiments()}
+        ids = [i for i, n in names.items() if experiments is None or n in experiments]
+        found = []
+        if ids:
+            flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
+            found = self._client.search_runs(ids, filter_string=flt, max_results=50000)
+        if run_ids:
+            wanted = set(run_ids)
+            have = {r.info.run_id for r in found}
+            found = [r for r in found if r.info.run_id in wanted] + [
+                self._get(i) for i in run_ids if i not in have]
+        return [self._record(r, names) for r in found]
+
+    def run(self, run_id: str) -> RunRecord:
+        """One run by id; RunNotFound names the store when it is not there."""
+        names = {e.experiment_id: e.name for e in self._client.search_experiments()}
+        return self._record(self._get(run_id), names)
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
+        """Every (step, value, timestamp in ms) logged for a metric, by step."""
+        return sorted((m.step, m.value, m.timestamp)
+                      for m in self._client.get_metric_history(run_id, key))
+
+    def download(self, run_id: str, path: str, dst: str | Path) -> Path | None:
+        """A run's artifact (file or folder) copied under dst; None if it has none."""
+        try:
+            return Path(self._client.download_artifacts(run_id, path, str(dst)))
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+
+    def _get(self, run_id: str):
+        try:
+            return self._client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            raise RunNotFound(f"no run {run_id} in the MLflow store at {self.uri}; check the "
+                              "run id and --tracking-uri / $MLFLOW_TRACKING_URI") from None
+
+    @staticmethod
+    def _record(r, names: dict[str, str]) -> RunRecord:
+        i = r.info
+        return RunRecord(i.run_id, i.run_name, names.get(i.experiment_id, i.experiment_id),
+                         i.status, i.start_time, i.end_time, dict(r.data.tags),
+                         dict(r.data.params), dict(r.data.metrics))
