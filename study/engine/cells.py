@@ -151,6 +151,7 @@ class Cell:
     supports_truncated_gradient = False
     torch_blocks: tuple[str, ...] | None = None  # block order of the nn.LSTM/nn.GRU twin
     discrete_gates = False  # gates are exactly 0 or 1 (the saturation plot says so)
+    family = "?"  # "lstm" | "gru" | "rnn": which published family the report groups it with
 
     def __init__(self, hidden_size: int, truncated_gradient: bool = False):
         if truncated_gradient and not self.supports_truncated_gradient:
@@ -239,6 +240,7 @@ class LSTMFamily(Cell):
     Variants override one of the attributes below.
     """
 
+    family = "lstm"
     has_cell_state = True
     peepholes = True
     input_gate = True
@@ -512,6 +514,7 @@ class GRU(Cell):
     Kept per step: r, u, n and R_n h' + b_Rn.
     """
 
+    family = "gru"
     blocks = ("r", "u", "n")
     gates = ("r", "u")
     split_recurrent = True
@@ -558,6 +561,7 @@ class GRU(Cell):
 class RNN(Cell):
     """The simple recurrent network of Karpathy15: h = tanh(W x + R h' + b)."""
 
+    family = "rnn"
     blocks = ("h",)
 
     def step(self, a, ha, s_prev, c_prev, s, c, P):
@@ -574,22 +578,29 @@ class RNN(Cell):
         return {"family": "rnn"} if self._own_equations(RNN) else None
 
 
+# The registry, in display order: the order of every table, legend and listing (the
+# ablation's six first, then the rest of Greff15's variants and the extensions).
 CELLS: dict[str, type[Cell]] = {
     "peephole": Peephole,
     "lstm": LSTM,
+    "gru": GRU,
+    "rnn": RNN,
     "nfg": NFG,
+    "hard": Hard,
+    "cifg": CIFG,
+    "noaf": NOAF,
     "nig": NIG,
     "nog": NOG,
     "niaf": NIAF,
-    "noaf": NOAF,
-    "cifg": CIFG,
     "fgr": FGR,
     "lstm1997": LSTM1997,
-    "hard": Hard,
     "binary": Binary,
-    "gru": GRU,
-    "rnn": RNN,
 }
+
+
+def variants(family: str | None = None) -> list[str]:
+    """Registered variant names in display order, optionally of one family."""
+    return [n for n, c in CELLS.items() if family is None or c.family == family]
 
 
 def get_cell_class(name: str) -> type[Cell]:
