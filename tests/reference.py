@@ -1,7 +1,8 @@
 """Naive per-step references of every cell, written one equation per line from
 ../shared/REFERENCES.md and differentiated by autograd. They share no code with
-study/cells.py or study/scan.py; only the weight layout is common: a = x W + s' R + b with
-W (in, G·H), R (Hr, G·H) and the blocks in the order of the cell's `blocks`."""
+study/engine (the cell classes, the scan, the kernels); only the weight layout is common:
+a = x W + s' R + b with W (in, G·H), R (Hr, G·H) and the blocks in the order of the cell's
+`blocks`."""
 
 import torch
 

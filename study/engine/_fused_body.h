@@ -2,7 +2,8 @@
  * Included twice by _fused.c with REAL = float / double and SFX = _f32 / _f64.
  * Every loop below runs over the H units of one batch row with no branch inside, so the
  * compiler vectorises it (exp/tanh come from glibc's vector math library). The equations
- * are those of study/cells.py (LSTMFamily, GRU, RNN); tests check the two agree. */
+ * are those of study/engine/lstm.py (LSTMFamily) and study/engine/cells.py (GRU, RNN);
+ * tests check the two agree. */
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
@@ -130,14 +131,13 @@ void FN(lstm_fwd)(const Spec *sp, int B, REAL *a, int lda, const REAL *cp, REAL 
     }
 }
 
-/* ds = ds_a + ds_b (ds_b may be null): dL/ds_t, (B, lds). dc: (B, H), dL/dc_t in,
- * dL/dc_{t-1} out (dc_b, may be null, is added first). da: (B, ldd) out; it may be the
- * same memory as `kept`: each row is computed in scratch and copied out at its end.
- * dc_total, when not null, receives dL/dc_t by every path (B, H). scratch: 6H + width. */
-void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds_a, const REAL *ds_b, int lds,
-                  REAL *dc, const REAL *dc_b, const REAL *kept, int lda, const REAL *cp,
-                  const REAL *c, const REAL *peep, REAL *da, int ldd, REAL *scratch,
-                  REAL *dc_total) {
+/* ds: dL/ds_t, (B, lds). dc: (B, H), dL/dc_t in, dL/dc_{t-1} out. da: (B, ldd) out; it
+ * may be the same memory as `kept`: each row is computed in scratch and copied out at its
+ * end. dc_total, when not null, receives dL/dc_t by every path (B, H).
+ * scratch: 6H + width. */
+void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds, int lds, REAL *dc,
+                  const REAL *kept, int lda, const REAL *cp, const REAL *c,
+                  const REAL *peep, REAL *da, int ldd, REAL *scratch, REAL *dc_total) {
     const int H = sp->H;
     const REAL gm = (REAL)sp->gm, km = (REAL)sp->km;
     REAL *kc = scratch, *dct = scratch + H, *dsr = scratch + 2 * H;
@@ -147,12 +147,12 @@ void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds_a, const REAL *ds_b, int
         const REAL *kr = kept + (long)b * lda, *cr = c + (long)b * H, *cpr = cp + (long)b * H;
         REAL *dcr = dc + (long)b * H;
         /* dL/dh_t, the sum of what the layer above and the next step sent */
-        const REAL *dsa_r = ds_a + (long)b * lds, *dsb_r = ds_b ? ds_b + (long)b * lds : 0;
+        const REAL *ds_r = ds + (long)b * lds;
         REAL *dh = dsr;
-        for (int j = 0; j < H; j++) dh[j] = dsa_r[j] + (dsb_r ? dsb_r[j] : 0);
+        for (int j = 0; j < H; j++) dh[j] = ds_r[j];
         for (int j = 0; j < H; j++) kc[j] = cr[j];
         FN(act_fwd)(sp->k, km, kc, 0, H);
-        for (int j = 0; j < H; j++) dct[j] = dcr[j] + (dc_b ? dc_b[(long)b * H + j] : 0);
+        for (int j = 0; j < H; j++) dct[j] = dcr[j];
         const REAL *ki = sp->oi >= 0 ? kr + sp->oi : 0, *kf = sp->of >= 0 ? kr + sp->of : 0;
         const REAL *ko = sp->oo >= 0 ? kr + sp->oo : 0, *kz = kr + sp->oz;
         REAL *d_i = sp->oi >= 0 ? dr + sp->oi : 0, *d_f = sp->of >= 0 ? dr + sp->of : 0;
@@ -164,8 +164,7 @@ void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds_a, const REAL *ds_b, int
             const REAL *vo = FN(act_val)(sp->sigma, ko, ti, H);
             for (int j = 0; j < H; j++) d_o[j] = dh[j] * kc[j];
             if (sp->fgr) {
-                for (int j = 0; j < H; j++)
-                    d_o[j] += dsa_r[3 * H + j] + (dsb_r ? dsb_r[3 * H + j] : 0);
+                for (int j = 0; j < H; j++) d_o[j] += ds_r[3 * H + j];
             }
             for (int j = 0; j < H; j++) dk[j] *= vo[j];
             FN(mul_grad)(sp->sigma, 0, ko, d_o, H);
@@ -191,9 +190,8 @@ void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds_a, const REAL *ds_b, int
             if (d_f) for (int j = 0; j < H; j++) d_f[j] = dct[j] * cpr[j];
         }
         if (sp->fgr) {
-            for (int j = 0; j < H; j++) d_i[j] += dsa_r[H + j] + (dsb_r ? dsb_r[H + j] : 0);
-            for (int j = 0; j < H; j++)
-                d_f[j] += dsa_r[2 * H + j] + (dsb_r ? dsb_r[2 * H + j] : 0);
+            for (int j = 0; j < H; j++) d_i[j] += ds_r[H + j];
+            for (int j = 0; j < H; j++) d_f[j] += ds_r[2 * H + j];
         }
         if (d_i) FN(mul_grad)(sp->sigma, 0, ki, d_i, H);
         if (d_f) FN(mul_grad)(sp->sigma, 0, kf, d_f, H);
@@ -240,20 +238,24 @@ void FN(gru_fwd)(int B, int H, REAL *kept, const REAL *ha, const REAL *s_prev, R
     }
 }
 
-/* ds = ds_a + ds_b (ds_b may be null); da, dha: (B, 3H); ds_prev: (B, H) = ds ⊙ u. */
-void FN(gru_bwd)(int B, int H, const REAL *ds_a, const REAL *ds_b, const REAL *kept,
-                 const REAL *s_prev, REAL *da, REAL *dha, REAL *ds_prev) {
+/* ds: dL/ds_t, (B, H); da, dha: (B, 3H); ds_prev: (B, H) = ds ⊙ u.
+ * The products are grouped as written, the grouping these kernels have always used:
+ * -ffast-math would regroup them by where each operand is defined, so reassociation is
+ * off in this function (a change of signature must not change the last bits). */
+__attribute__((optimize("no-associative-math")))
+void FN(gru_bwd)(int B, int H, const REAL *ds, const REAL *kept, const REAL *s_prev,
+                 REAL *da, REAL *dha, REAL *ds_prev) {
     for (int b = 0; b < B; b++) {
         const REAL *k = kept + (long)b * 4 * H, *sp = s_prev + (long)b * H;
-        const REAL *dsa = ds_a + (long)b * H, *dsb = ds_b ? ds_b + (long)b * H : 0;
+        const REAL *dsr = ds + (long)b * H;
         REAL *d = da + (long)b * 3 * H, *dh = dha + (long)b * 3 * H;
         REAL *dp = ds_prev + (long)b * H;
         for (int j = 0; j < H; j++) {
-            REAL g = dsa[j] + (dsb ? dsb[j] : 0);
+            REAL g = dsr[j];
             REAL r = k[j], u = k[H + j], n = k[2 * H + j], hn = k[3 * H + j];
-            REAL dn = g * ((REAL)1 - u) * ((REAL)1 - n * n);
-            REAL dr = dn * hn * r * ((REAL)1 - r);
-            REAL du = g * (sp[j] - n) * u * ((REAL)1 - u);
+            REAL dn = (((REAL)1 - n * n) * ((REAL)1 - u)) * g;
+            REAL dr = (((REAL)1 - r) * dn) * (r * hn);
+            REAL du = ((sp[j] - n) * g) * (((REAL)1 - u) * u);
             d[j] = dr;
             d[H + j] = du;
             d[2 * H + j] = dn;
@@ -266,13 +268,9 @@ void FN(gru_bwd)(int B, int H, const REAL *ds_a, const REAL *ds_b, const REAL *k
 }
 
 /* ---------------------------------------------------------------------------------- */
-/* RNN: da = (1 − h²) ⊙ (ds_a + ds_b). */
-void FN(rnn_bwd)(int n, const REAL *ds_a, const REAL *ds_b, const REAL *h, REAL *da) {
-    if (ds_b) {
-        for (int j = 0; j < n; j++) da[j] = ((REAL)1 - h[j] * h[j]) * (ds_a[j] + ds_b[j]);
-    } else {
-        for (int j = 0; j < n; j++) da[j] = ((REAL)1 - h[j] * h[j]) * ds_a[j];
-    }
+/* RNN: da = (1 − h²) ⊙ ds. */
+void FN(rnn_bwd)(int n, const REAL *ds, const REAL *h, REAL *da) {
+    for (int j = 0; j < n; j++) da[j] = ((REAL)1 - h[j] * h[j]) * ds[j];
 }
 
 #undef FN

@@ -1,14 +1,24 @@
 """Fused elementwise kernels for the engine: one C call per time step and direction.
 
-The time loop and the matrix products stay in study/scan.py and torch; what a cell does
-between two GEMMs — some twenty small tensor operations in study/cells.py — becomes one
-call into `_fused.c`, compiled once per machine with the system C compiler and loaded
-with ctypes (no torch headers, about a second to build). The kernels implement the
-equations of the LSTM family, the GRU and the RNN as declared by each cell's
-`kernel_spec()`; the tests hold them equal to the torch code, which stays the reference
-and the fallback (other dtypes, CUDA, no compiler, or `engine: torch`).
+The time loop and the matrix products stay in study/engine/scan.py and torch; what a cell
+does between two GEMMs — some twenty small tensor operations in its torch `step` — becomes
+one call into `_fused.c`, compiled once per machine with the system C compiler and loaded
+with ctypes (no torch headers, about a second to build). The tests hold the kernels equal
+to the torch code, which stays the reference and the fallback (other dtypes, CUDA, no
+compiler, `engine: torch`, or a cell with its own equations).
 
-    python -m study.engine.fused          # build (the Makefile's install step does this) and check
+This module owns the kernels' description of a cell, derived mechanically from its class:
+
+- `kernel_family(cls)`: a class whose `step` and `backward` are its family's own
+  (LSTMFamily, GRU, RNN) runs on that family's kernel; a class that overrides them has
+  its own equations and no kernel (it runs on the torch step; the engine says so once).
+- `lstm_spec(cell)`: the LSTM kernel's parameters, from the class switches (peepholes,
+  input_gate, forget, output_gate, gate_recurrence, and the activations sigma, g, k).
+- `SPEC_FIELDS`: the one list of the spec's fields, from which both the ctypes `Spec` and
+  the C struct (`spec_header()`, written as `_spec.h` at build time) are generated.
+
+    python -m study.engine.fused            # build (the Makefile's install step does this)
+    python -m study.engine.fused --header   # print the generated _spec.h
 """
 
 from __future__ import annotations
@@ -26,21 +36,93 @@ from pathlib import Path
 
 import torch
 
+from study.engine.cells import GRU, RNN, Cell, LSTMFamily
+
 SOURCES = [Path(__file__).with_name("_fused.c"), Path(__file__).with_name("_fused_body.h")]
 # -ffast-math lets gcc call glibc's vector exp/tanh. It is given when compiling only: linked
 # with it, GCC 12 would add crtfastmath.o, which flushes denormals in the whole process.
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-Wall"]
 LDFLAGS = ["-lmvec", "-lm"]
+# the activations' and forget kinds' numbers in C (ACT_SIGMOID, FORGET_GATE, ...)
 ACT = {"sigmoid": 0, "tanh": 1, "identity": 2, "hard": 3, "binary": 4, "scaled": 5}
 FORGET = {"gate": 0, "none": 1, "coupled": 2}
+# what the kernels cover: gates never use the scale of ACT_SCALED; the kept value of g and
+# k must be their output, which a binary activation's is not
+GATE_ACTS = ("sigmoid", "tanh", "identity", "hard", "binary")
+CELL_ACTS = ("sigmoid", "tanh", "identity", "hard", "scaled")
+
+# The LSTM kernel's description of a variant: (field, C type, meaning), in struct order.
+SPEC_FIELDS = [
+    ("H", "int", "hidden units"),
+    ("oi", "int", "column offset of the i block; -1 when absent"),
+    ("of", "int", "column offset of the f block; -1 when absent"),
+    ("oo", "int", "column offset of the o block; -1 when absent"),
+    ("oz", "int", "column offset of the z block"),
+    ("pi", "int", "peephole row of i; -1 when absent"),
+    ("pf", "int", "peephole row of f; -1 when absent"),
+    ("po", "int", "peephole row of o; -1 when absent"),
+    ("forget", "int", "FORGET_GATE, FORGET_NONE (f = 1) or FORGET_COUPLED (f = 1 - i)"),
+    ("sigma", "int", "activation kind (ACT_*) of the gates"),
+    ("g", "int", "activation kind of the cell input"),
+    ("k", "int", "activation kind of the output"),
+    ("gm", "double", "the scale m of ACT_SCALED (m·σ(a) − m/2) for g"),
+    ("km", "double", "the scale m of ACT_SCALED for k"),
+    ("fgr", "int", "full gate recurrence: the state is [h, i, f, o]"),
+]
+_CTYPES = {"int": ctypes.c_int, "double": ctypes.c_double}
 
 
 class Spec(ctypes.Structure):
-    _fields_ = [("H", ctypes.c_int), ("oi", ctypes.c_int), ("of", ctypes.c_int),
-                ("oo", ctypes.c_int), ("oz", ctypes.c_int), ("pi", ctypes.c_int),
-                ("pf", ctypes.c_int), ("po", ctypes.c_int), ("forget", ctypes.c_int),
-                ("sigma", ctypes.c_int), ("g", ctypes.c_int), ("k", ctypes.c_int),
-                ("gm", ctypes.c_double), ("km", ctypes.c_double), ("fgr", ctypes.c_int)]
+    _fields_ = [(name, _CTYPES[ctype]) for name, ctype, _ in SPEC_FIELDS]
+
+
+def spec_header() -> str:
+    """The C declarations generated from ACT, FORGET and SPEC_FIELDS (`_spec.h`)."""
+    def enum(prefix, kinds):
+        return "enum { " + ", ".join(f"{prefix}_{k.upper()} = {v}"
+                                     for k, v in kinds.items()) + " };"
+
+    fields = [f"    {ctype} {name}; /* {doc} */" for name, ctype, doc in SPEC_FIELDS]
+    return "\n".join(["/* generated by study/engine/fused.py from ACT, FORGET and SPEC_FIELDS;",
+                      " * do not edit */", enum("ACT", ACT), enum("FORGET", FORGET),
+                      "typedef struct {", *fields, "} Spec;", ""])
+
+
+# the class whose step and backward each family's kernel implements
+FAMILY_ROOTS: dict[type[Cell], str] = {LSTMFamily: "lstm", GRU: "gru", RNN: "rnn"}
+
+
+def kernel_family(cls: type[Cell]) -> str | None:
+    """The family kernel ("lstm", "gru", "rnn") that runs `cls`, or None when the class
+    overrides its family's `step` or `backward` (its own equations)."""
+    root = next((c for c in cls.__mro__ if c in FAMILY_ROOTS), None)
+    if root is None or cls.step is not root.step or cls.backward is not root.backward:
+        return None
+    return FAMILY_ROOTS[root]
+
+
+def lstm_spec(cell: LSTMFamily) -> dict[str, int | float]:
+    """The values of SPEC_FIELDS for an LSTM-family cell, from its class switches; raises
+    ValueError naming a switch the kernels do not cover."""
+    for role, allowed in (("sigma", GATE_ACTS), ("g", CELL_ACTS), ("k", CELL_ACTS)):
+        act = getattr(cell, role)
+        if act.kernel not in allowed:
+            raise ValueError(f"has {role} = {act!r}, which the fused kernels do not cover")
+
+    def offset(n):
+        return cell.blocks.index(n) * cell.H if n in cell.blocks else -1
+
+    def peep_row(n):
+        return cell.peep_rows.index(n) if n in cell.peep_rows else -1
+
+    def scale(act):
+        return act.m if act.kernel == "scaled" else 0.0
+
+    return {"H": cell.H, "oi": offset("i"), "of": offset("f"), "oo": offset("o"),
+            "oz": offset("z"), "pi": peep_row("i"), "pf": peep_row("f"), "po": peep_row("o"),
+            "forget": FORGET[cell.forget], "sigma": ACT[cell.sigma.kernel],
+            "g": ACT[cell.g.kernel], "k": ACT[cell.k.kernel], "gm": scale(cell.g),
+            "km": scale(cell.k), "fgr": int(cell.gate_recurrence)}
 
 
 def cache_dir() -> Path:
@@ -50,10 +132,12 @@ def cache_dir() -> Path:
 
 
 def _machine_key() -> str:
-    """Source, flags and CPU: a library built elsewhere (other instructions) is not reused."""
+    """Sources, the generated header, flags and CPU: a library built elsewhere (other
+    instructions) or from another description is not reused."""
     h = hashlib.sha256()
     for src in SOURCES:
         h.update(src.read_bytes())
+    h.update(spec_header().encode())
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
     h.update(platform.machine().encode())
     try:
@@ -79,8 +163,9 @@ def build(verbose: bool = False) -> Path:
         raise RuntimeError("no C compiler (gcc or cc) found")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        (Path(tmp) / "_spec.h").write_text(spec_header())  # #include'd by _fused.c
         obj, lib = Path(tmp) / "fused.o", Path(tmp) / "fused.so"
-        for cmd in ([cc, *CFLAGS, "-c", str(SOURCES[0]), "-o", str(obj)],
+        for cmd in ([cc, *CFLAGS, "-I", tmp, "-c", str(SOURCES[0]), "-o", str(obj)],
                     [cc, "-shared", str(obj), "-o", str(lib), *LDFLAGS]):
             if verbose:
                 print(" ".join(cmd))
@@ -106,11 +191,11 @@ def load() -> ctypes.CDLL | None:
         ptr, i = ctypes.c_void_p, ctypes.c_int
         for sfx in ("_f32", "_f64"):
             getattr(lib, "lstm_fwd" + sfx).argtypes = [ptr, i, ptr, i, ptr, ptr, ptr, i, ptr, ptr]
-            getattr(lib, "lstm_bwd" + sfx).argtypes = [ptr, i, ptr, ptr, i, ptr, ptr, ptr, i, ptr,
-                                                       ptr, ptr, ptr, i, ptr, ptr]
+            getattr(lib, "lstm_bwd" + sfx).argtypes = [ptr, i, ptr, i, ptr, ptr, i, ptr, ptr,
+                                                       ptr, ptr, i, ptr, ptr]
             getattr(lib, "gru_fwd" + sfx).argtypes = [i, i, ptr, ptr, ptr, ptr, ptr]
-            getattr(lib, "gru_bwd" + sfx).argtypes = [i, i, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-            getattr(lib, "rnn_bwd" + sfx).argtypes = [i, ptr, ptr, ptr, ptr]
+            getattr(lib, "gru_bwd" + sfx).argtypes = [i, i, ptr, ptr, ptr, ptr, ptr, ptr]
+            getattr(lib, "rnn_bwd" + sfx).argtypes = [i, ptr, ptr, ptr]
         _LIB = lib
     except (RuntimeError, OSError) as e:
         _ERROR = str(e)
@@ -118,32 +203,37 @@ def load() -> ctypes.CDLL | None:
     return _LIB
 
 
-def error() -> str | None:
-    return _ERROR
-
-
 _SFX = {torch.float32: "_f32", torch.float64: "_f64"}
+_TOLD: set[type] = set()  # classes the engine has said run on the torch step
 
 
 def kernel_for(cell, dtype: torch.dtype, device: torch.device, engine: str = "auto"):
     """A kernel object with the cell's step/backward signature, or None for the torch
-    code. engine: "auto" (fused when possible), "fused" (required) or "torch"."""
+    code. engine: "auto" (fused when possible), "fused" (required) or "torch". A cell
+    without a kernel is said once per class and process, on stderr."""
     if engine == "torch":
         return None
-    spec = cell.kernel_spec()
-    reason = None
-    if spec is None:
-        reason = f"{type(cell).__name__} declares no kernel"
-    elif device.type != "cpu" or dtype not in _SFX:
+    cls, spec = type(cell), None
+    family = kernel_family(cls)
+    reason = None if family else f"{cls.__name__} has its own equations and no fused kernel"
+    if family == "lstm":
+        try:
+            spec = lstm_spec(cell)
+        except ValueError as e:
+            reason = f"{cls.__name__} {e}"
+    no_kernel = reason is not None  # a fact about the class: said once per class
+    if reason is None and (device.type != "cpu" or dtype not in _SFX):
         reason = f"no fused kernel for {dtype} on {device.type}"
-    elif load() is None:
+    elif reason is None and load() is None:
         reason = f"the kernels did not build: {_ERROR}"
-    if reason:
-        if engine == "fused":
-            raise RuntimeError(f"engine 'fused' requested but {reason}")
-        return None
-    family = {"lstm": LSTMKernel, "gru": GRUKernel, "rnn": RNNKernel}[spec["family"]]
-    return family(cell, spec, _LIB, _SFX[dtype])
+    if reason is None:
+        return _KERNELS[family](cell, spec, _LIB, _SFX[dtype])
+    if engine == "fused":
+        raise RuntimeError(f"engine 'fused' requested but {reason}")
+    if no_kernel and cls not in _TOLD:
+        _TOLD.add(cls)
+        print(f"engine: {reason}; it runs on the torch step", file=sys.stderr)
+    return None
 
 
 def _p(t):
@@ -155,7 +245,7 @@ class LSTMKernel:
 
     def __init__(self, cell, spec, lib, sfx):
         self.H, self.width = cell.H, cell.G * cell.H
-        self.spec = Spec(H=cell.H, **{k: v for k, v in spec.items() if k != "family"})
+        self.spec = Spec(**spec)
         self.ref = ctypes.byref(self.spec)
         self.fwd, self.bwd = getattr(lib, "lstm_fwd" + sfx), getattr(lib, "lstm_bwd" + sfx)
         self.scratch = None
@@ -171,7 +261,7 @@ class LSTMKernel:
                  self._scratch(a))
 
     def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
-        self.bwd(self.ref, ds.shape[0], ds.data_ptr(), None, ds.stride(0), dc.data_ptr(), None,
+        self.bwd(self.ref, ds.shape[0], ds.data_ptr(), ds.stride(0), dc.data_ptr(),
                  kept.data_ptr(), kept.stride(0), c_prev.data_ptr(), c.data_ptr(),
                  _p(P[0] if P else None), da.data_ptr(), da.stride(0), self._scratch(da),
                  _p(dc_total))
@@ -189,7 +279,7 @@ class GRUKernel:
 
     def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
         ds_prev = torch.empty_like(ds)
-        self.bwd(ds.shape[0], self.H, ds.data_ptr(), None, kept.data_ptr(), s_prev.data_ptr(),
+        self.bwd(ds.shape[0], self.H, ds.data_ptr(), kept.data_ptr(), s_prev.data_ptr(),
                  da.data_ptr(), dha.data_ptr(), ds_prev.data_ptr())
         return ds_prev, None
 
@@ -205,18 +295,25 @@ class RNNKernel:
         torch.tanh(a, out=s)  # one operation already
 
     def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
-        self.bwd(ds.numel(), ds.data_ptr(), None, s.data_ptr(), da.data_ptr())
+        self.bwd(ds.numel(), ds.data_ptr(), s.data_ptr(), da.data_ptr())
         return None, None
 
 
+_KERNELS = {"lstm": LSTMKernel, "gru": GRUKernel, "rnn": RNNKernel}
+
+
 def main() -> int:
+    if "--header" in sys.argv:
+        print(spec_header(), end="")
+        return 0
     try:
         path = build(verbose="-v" in sys.argv)
     except RuntimeError as e:
         print(f"fused kernels not built ({e}); the torch engine will be used", file=sys.stderr)
         return 0  # not fatal: the torch engine is the fallback
-    lib = load()
-    print(f"fused kernels: {path} (abi {lib.study_fused_abi() if lib else '?'})")
+    if load() is None:  # it warned why
+        return 0
+    print(f"fused kernels: {path}")
     return 0
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from study.engine.cells import Cell
+from study.engine.base import Cell
 
 _LOCAL = threading.local()
 
