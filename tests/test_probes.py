@@ -1,10 +1,15 @@
 """Probes: concepts on handcrafted strings, planted units found, exact saturation, and the
 error flow against explicit differentiation."""
 
+import ast
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +17,7 @@ import torch.nn.functional as F
 from study import probes
 from study.config import ModelConfig, ProbesConfig
 from study.model import CharLM
-from study.probes import concepts
+from study.probes import concepts, figures
 from tests import reference
 
 
@@ -249,12 +254,63 @@ def test_rnn_error_flow_decays_faster_than_lstm_after_training(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
+# figures: a run's own, or drawn into the report's axes
+
+
+SAT = pd.DataFrame({"layer": [1, 1, 2, 2], "gate": ["f", "i", "f", "i"], "unit": [0, 0, 0, 0],
+                    "frac_left": [0.1, 0.0, 0.5, 0.2], "frac_right": [0.8, 0.3, 0.1, 0.0]})
+FLOW = pd.DataFrame([{"layer": layer, "state": s, "q": q, "grad_norm": 0.5 ** q, "when": w}
+                     for layer in (1, 2) for s in "hc" for q in range(4)
+                     for w in ("init", "trained")])
+
+
+def test_figures_of_their_own_have_a_panel_each_and_labelled_units():
+    fig = figures.saturation_scatter(SAT, "t", 0.1, 0.9, "a note")
+    assert [a.get_title() for a in fig.axes] == ["f gate", "i gate"]
+    assert fig.get_suptitle() == "t\na note"
+    assert fig.axes[0].get_ylabel() == "fraction left-saturated (< 0.1)"
+    assert all(a.get_xlabel() == "fraction right-saturated (> 0.9)" for a in fig.axes)
+    figures.plt.close(fig)
+    fig = figures.error_flow_plot(FLOW, "t")
+    assert [a.get_title() for a in fig.axes] == ["error flow through h", "error flow through c"]
+    for a, kind in zip(fig.axes, "hc", strict=True):
+        assert a.get_xlabel() == "distance q (steps back)" and a.get_yscale() == "log"
+        assert a.get_ylabel() == f"mean ‖dℓ_t / d{kind}_(t−q)‖ (ℓ in nats)"
+        assert len(a.get_lines()) == 4  # 2 layers, init and trained
+    figures.plt.close(fig)
+
+
+def test_figures_draw_into_the_axes_given():
+    fig, axes = figures.plt.subplots(2, 2)
+    assert figures.saturation_scatter(SAT, "run", 0.1, 0.9, ax=axes[0]) is fig
+    assert [a.get_title() for a in axes[0]] == ["run: f gate", "run: i gate"]
+    assert all(len(a.collections) == 2 for a in axes[0])  # a scatter per layer
+    one = SAT[SAT.gate == "i"]
+    assert figures.saturation_scatter(one, "", 0.1, 0.9, ax=axes[1][0]) is fig
+    assert axes[1][0].get_title() == "i gate" and len(axes[1][0].collections) == 2
+    assert fig.get_suptitle() == ""  # the caller's figure keeps its own title and layout
+    with pytest.raises(ValueError, match="2 gates need 2 axes"):
+        figures.saturation_scatter(SAT, "run", 0.1, 0.9, ax=axes[1][1])
+    figures.plt.close(fig)
+    fig, ax = figures.plt.subplots()
+    h = FLOW[FLOW.state == "h"]
+    assert figures.error_flow_plot(h, "lstm", ax=ax) is fig
+    assert ax.get_title() == "lstm: through h" and len(ax.get_lines()) == 4
+    assert ax.get_ylabel().endswith("(ℓ in nats)")
+    with pytest.raises(ValueError, match="2 states need 2 axes"):
+        figures.error_flow_plot(FLOW, "lstm", ax=ax)
+    figures.plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------
 # one failing probe loses only its own outputs
 
 
-def _probe_one_run(monkeypatch=None, **patches):
+def _probe_one_run(out, monkeypatch=None, full=True, built=None, **patches):
+    """run_probes on a small LSTM over prose and C, its initial model built by a function
+    (as a run's caller builds it from the seed; each build appended to `built`); the files
+    go into `out`."""
     from study import config
-    from tests.test_text import RecordingTracker
 
     code = 'int f(int a) {\n\tif (a > 0) { /* "x" */ return g("s\\"", a); }\n}\n// c\n'
     text = "".join(line + "\n" + code for line in synthetic_prose(24).splitlines())
@@ -274,10 +330,21 @@ def _probe_one_run(monkeypatch=None, **patches):
         "probes.error_flow_q": 5, "probes.error_flow_batch": 2})
     for target, fn in patches.items():
         monkeypatch.setattr(target, fn)
+    built = [] if built is None else built
+
+    def initial_model():
+        built.append(1)
+        torch.manual_seed(cfg.train.seed)
+        return CharLM(len(vocab), cfg.model)
+
     torch.manual_seed(0)
     model = CharLM(len(vocab), cfg.model)
-    tracker = RecordingTracker()
-    return probes.probe_trained(model, Corpus, cfg, tracker, torch.device("cpu")), tracker
+    return probes.run_probes(model, Corpus, cfg.probes, out, "lstm on prose",
+                             init_model=initial_model, full=full)
+
+
+def written(out) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*")}
 
 
 def _boom(*args, **kwargs):
@@ -286,40 +353,114 @@ def _boom(*args, **kwargs):
 
 FILES = {"saturation.csv", "saturation.png", "unit_scores.csv", "best_units.csv",
          "error_flow.csv", "error_flow.png", "traces/index.html", "traces/in_quotes_1.png"}
+GATES = [f"sat.L1.{g}.{m}" for g in "ifo" for m in (
+    "left_mean", "right_mean", "units_right_gt50pct", "units_right_gt90pct")]
+UNITS = [f"unit.{c}.{m}" for c in concepts.CONCEPTS for m in ("score", "layer", "unit")]
 
 
-def test_every_probe_succeeds_with_todays_metric_keys():
-    res, tracker = _probe_one_run()
-    assert res.ok and res.failed == {}
-    gates = [f"sat.L1.{g}.{m}" for g in "ifo" for m in (
-        "left_mean", "right_mean", "units_right_gt50pct", "units_right_gt90pct")]
-    units = [f"unit.{c}.{m}" for c in concepts.CONCEPTS for m in ("score", "layer", "unit")]
-    assert set(res.metrics) == set(gates + units + ["probe_seconds"])
-    [(files, _)] = tracker.called("log_artifacts")
-    assert set(files) >= FILES
-    assert tracker.called("log_series") and tracker.called("set_tags")
-    assert all("probe_error" not in args[0] for args in tracker.called("set_tags"))
+def test_every_probe_succeeds_with_todays_metric_keys(tmp_path, capsys):
+    out, built = tmp_path / "probes", []
+    res = _probe_one_run(out, built=built)
+    assert res.ok and res.failed == {} and built == [1]
+    assert set(res.metrics) == set(GATES + UNITS + ["probe_seconds"])
+    assert written(out) >= FILES
+    assert set(tmp_path.iterdir()) == {out}  # no staging folder left beside it
+    assert set(res.tags) == {f"unit.{c}" for c in concepts.CONCEPTS}
+    assert all(v.startswith("layer 1 ") for v in res.tags.values())
+    assert "probe_error" not in res.tags
+    # the error flow, after training and at initialisation: q = 0..5 per state and layer
+    keys = {k for k, _, _ in res.series}
+    assert keys == {f"{w}.{s}.L1" for w in ("errflow", "errflow_init") for s in "hc"}
+    assert sorted(q for k, _, q in res.series if k == "errflow.h.L1") == list(range(6))
+    assert all(math.isfinite(v) and v >= 0 for _, v, _ in res.series)
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("probes: ")]
+    assert "val chars" in line and "in_quotes layer 1" in line and "FAILED" not in line
+
+
+def test_probes_every_n_epochs_compute_metrics_and_write_nothing(tmp_path):
+    built = []
+    res = _probe_one_run(None, full=False, built=built)
+    assert built == []  # the initial model is built only for the error flow
+    assert res.ok and set(res.metrics) == set(GATES + UNITS)  # no probe_seconds
+    assert res.series == [] and res.tags == {}
+    full = _probe_one_run(tmp_path / "probes")
+    assert {k: full.metrics[k] for k in res.metrics} == res.metrics  # the same values
+    with pytest.raises(ValueError, match="needs `out`"):
+        _probe_one_run(None, full=True)
+
+
+def test_probing_again_replaces_the_files(tmp_path):
+    out = tmp_path / "probes"
+    _probe_one_run(out)
+    (out / "traces" / "in_quotes_1.html").write_text("stale")
+    before = written(out)
+    assert _probe_one_run(out).ok
+    assert written(out) == before and "stale" not in (out / "traces/in_quotes_1.html").read_text()
+
+
+def test_a_failing_read_leaves_nothing_to_probe(tmp_path, monkeypatch):
+    out = tmp_path / "probes"
+    res = _probe_one_run(out, monkeypatch, **{"study.probes.activations.read": _boom})
+    assert res.failed == {"read": "RuntimeError: boom"}
+    assert res.metrics == {} and res.series == [] and res.tags == {} and not out.exists()
 
 
 @pytest.mark.parametrize("target,failed,lost", [
     ("study.probes.figures.trace_png", "traces", {"traces/index.html", "traces/in_quotes_1.png"}),
-    ("study.probes.error_flow", "error_flow", {"error_flow.csv", "error_flow.png"}),
+    ("study.probes.flow.error_flow", "error_flow", {"error_flow.csv", "error_flow.png"}),
     ("study.probes.figures.saturation_scatter", "saturation", {"saturation.csv", "saturation.png"}),
-    ("study.probes.unit_scores", "units",  # and the traces, drawn from the units' scores
+    ("study.probes.units.unit_scores", "units",  # and the traces, drawn from the units' scores
      {"unit_scores.csv", "best_units.csv", "traces/index.html", "traces/in_quotes_1.png"}),
 ])
-def test_one_failing_probe_loses_only_its_own_outputs(monkeypatch, capsys, target, failed,
-                                                      lost):
-    res, tracker = _probe_one_run(monkeypatch, **{target: _boom})
+def test_one_failing_probe_loses_only_its_own_outputs(tmp_path, monkeypatch, capsys, target,
+                                                      failed, lost):
+    out = tmp_path / "probes"
+    res = _probe_one_run(out, monkeypatch, **{target: _boom})
     assert res.failed == {failed: "RuntimeError: boom"} and not res.ok
-    assert "RuntimeError: boom" in capsys.readouterr().err  # the traceback, on stderr
-    [(files, folder)] = tracker.called("log_artifacts")
-    assert folder == "probes"
-    assert not set(files) & lost and FILES - lost <= set(files)
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom" in err  # the traceback, on stderr
+    assert f"; FAILED {failed}: RuntimeError: boom" in err  # and in the summary line
+    files = written(out)
+    assert not files & lost and FILES - lost <= files
     assert not any(f.startswith("traces") for f in files) or failed not in ("traces", "units")
-    [(logged,)] = [args for args in tracker.called("log_metrics") if "probe_seconds" in args[0]]
-    assert logged == res.metrics
+    assert set(tmp_path.iterdir()) == {out}  # the failed probe's staging folder is gone
+    assert "probe_seconds" in res.metrics
     assert any(k.startswith("sat.") for k in res.metrics) == (failed != "saturation")
     assert any(k.startswith("unit.") for k in res.metrics) == (failed != "units")
-    assert bool(tracker.called("log_series")) == (failed != "error_flow")
-    assert all("probe_error" not in args[0] for args in tracker.called("set_tags"))
+    assert bool(res.series) == (failed != "error_flow")
+    assert bool(res.tags) == (failed != "units") and "probe_error" not in res.tags
+
+
+# ---------------------------------------------------------------------------------------
+# the probes know no tracker
+
+
+PROBES = Path(__file__).resolve().parent.parent / "study" / "probes"
+FORBIDDEN = ("mlflow", "study.train", "study.tracking")
+
+
+def test_no_probe_module_imports_a_tracker_or_the_training_loop():
+    """Not even inside a function (as the removed probe_trained imported study.train)."""
+    modules = sorted(PROBES.glob("*.py"))
+    assert {m.name for m in modules} >= {"__init__.py", "activations.py", "saturation.py",
+                                         "units.py", "flow.py", "traces.py", "figures.py"}
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not any(name == f or name.startswith(f + ".") for f in FORBIDDEN), \
+                    f"{path.name} imports {name}"
+
+
+def test_importing_every_probe_module_loads_no_tracker():
+    code = (
+        "import importlib, pkgutil, sys, study.probes\n"
+        "names = [m.name for m in pkgutil.iter_modules(study.probes.__path__)]\n"
+        "for name in names: importlib.import_module('study.probes.' + name)\n"
+        f"bad = [m for m in sys.modules if any(m == f or m.startswith(f + '.') for f in "
+        f"{FORBIDDEN!r})]\n"
+        "print(len(names), bad)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=PROBES.parent.parent, check=True)
+    assert done.stdout.split(" ", 1) == [str(len(list(PROBES.glob("*.py"))) - 1), "[]\n"]

@@ -195,29 +195,6 @@ def test_read_score_and_write_traces_on_any_text(text, streams, warmup):
         assert all((Path(tmp) / e["html"]).is_file() for e in links)
 
 
-class RecordingTracker:
-    """study.train.NullTracker's interface, recording the calls (and the files logged)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        if name not in ("log_params", "log_metrics", "log_text", "log_artifact",
-                        "log_artifacts", "log_series", "set_tags"):
-            raise AttributeError(name)
-
-        def record(*args, **kwargs):
-            if name == "log_artifacts":  # the folder is temporary: keep what it held
-                folder = Path(args[0])
-                args = (sorted(str(p.relative_to(folder)) for p in folder.rglob("*")),
-                        *args[1:])
-            self.calls.append((name, args, kwargs))
-        return record
-
-    def called(self, name):
-        return [args for n, args, _ in self.calls if n == name]
-
-
 class TinyCorpus:
     def __init__(self, text):
         _, self.ids, self.decode = tiny_model(text)
@@ -226,15 +203,14 @@ class TinyCorpus:
 
 @pytest.mark.parametrize("text", ["", "x", "ab", "é\r\n中😀\t{(\"a\")}\r\n" * 3,
                                   "a" * 161 + "\n" + "\t" * 3])
-def test_run_probes_on_very_short_and_unusual_text(text):
+def test_run_probes_on_very_short_and_unusual_text(text, tmp_path):
     model, _, _ = tiny_model(text, cell="gru")
-    tracker = RecordingTracker()
     cfg = ProbesConfig(streams=2, warmup=5, trace_chars=50, error_flow_q=4,
                        error_flow_batch=2)
-    res = probes.run_probes(model, TinyCorpus(text), cfg, tracker, "t", init_model=model)
+    out = tmp_path / "probes"
+    res = probes.run_probes(model, TinyCorpus(text), cfg, out, "t", init_model=model)
     assert res.ok and res.failed == {}
     assert "probe_seconds" in res.metrics
-    [(files, folder)] = tracker.called("log_artifacts")
-    assert folder == "probes"
+    files = {str(p.relative_to(out)) for p in out.rglob("*")}
     assert {"saturation.csv", "unit_scores.csv", "error_flow.csv", "traces/index.html"} \
-        <= set(files)
+        <= files

@@ -1,7 +1,11 @@
-"""Per-run figures drawn by the probes (plain matplotlib, no display needed). The report's
-paper-style figures live in analyses/ (seaborn); these are what each MLflow run shows."""
+"""Every figure of the probes (plain matplotlib, no display needed): the gate-saturation
+scatter, a unit's trace as a PNG grid and the error flow. One home per figure: a run's
+probes draw them as PNGs of their own (ax=None: a new figure), and the report (analyses/)
+draws the same figures into axes of its own (ax given)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -9,34 +13,58 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 
-from study.probes.traces import trace_rows  # noqa: E402
+from study.probes.layout import trace_rows  # noqa: E402
 
 LAYER_COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
+def _panels(ax: Axes | Sequence[Axes], n: int, what: str) -> list[Axes]:
+    """The axes given to draw `n` panels into: one Axes, or a sequence of them."""
+    axes = [ax] if isinstance(ax, Axes) else list(np.ravel(np.asarray(ax, dtype=object)))
+    if len(axes) < n:
+        raise ValueError(f"{n} {what} need {n} axes to draw into, got {len(axes)}")
+    return axes
+
+
+def _layer_colour(layer: int) -> str:
+    return LAYER_COLOURS[(layer - 1) % len(LAYER_COLOURS)]
+
+
 def saturation_scatter(table: pd.DataFrame, title: str, left: float, right: float,
-                       note: str = ""):
+                       note: str = "", ax: Axes | Sequence[Axes] | None = None):
     """Karpathy15 Fig. 3: one point per gate unit, x = fraction of time right-saturated
-    (> right), y = fraction left-saturated (< left), a panel per gate, colour = layer."""
+    (> right), y = fraction left-saturated (< left), a panel per gate, colour = layer.
+    `table`: study.probes.saturation.saturation_table's columns. ax=None: a new figure,
+    titled `title` (and `note` below it). Otherwise draws into `ax` (an Axes, or one per
+    gate), each panel titled "`title`: <gate> gate" (and `note`), and leaves the layout
+    to the caller. Returns the figure."""
     gates = list(dict.fromkeys(table["gate"]))
-    fig, axes = plt.subplots(1, max(1, len(gates)), figsize=(3.2 * max(1, len(gates)), 3.4),
-                             squeeze=False)
-    for ax, gate in zip(axes[0], gates, strict=False):
+    if ax is None:
+        fig, grid = plt.subplots(1, max(1, len(gates)),
+                                 figsize=(3.2 * max(1, len(gates)), 3.4), squeeze=False)
+        axes = list(grid[0])
+    else:
+        axes = _panels(ax, len(gates), "gates")
+        fig = axes[0].figure
+    for panel, gate in zip(axes, gates, strict=False):
         sub = table[table["gate"] == gate]
         for layer in sorted(sub["layer"].unique()):
             pts = sub[sub["layer"] == layer]
-            ax.scatter(pts["frac_right"], pts["frac_left"], s=9, alpha=0.7,
-                       color=LAYER_COLOURS[(layer - 1) % len(LAYER_COLOURS)],
-                       label=f"layer {layer}")
-        ax.plot([0, 1], [1, 0], color="0.8", lw=0.8, zorder=0)
-        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=f"{gate} gate",
-               xlabel=f"fraction right-saturated (> {right:g})")
-        ax.set_aspect("equal")
-    axes[0][0].set_ylabel(f"fraction left-saturated (< {left:g})")
-    axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=9)
-    fig.tight_layout()
+            panel.scatter(pts["frac_right"], pts["frac_left"], s=9, alpha=0.7,
+                          color=_layer_colour(layer), label=f"layer {layer}")
+        panel.plot([0, 1], [1, 0], color="0.8", lw=0.8, zorder=0)
+        name = f"{gate} gate" if ax is None or not title else f"{title}: {gate} gate"
+        panel.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+                  title=name + (f"\n{note}" if note and ax is not None else ""),
+                  xlabel=f"fraction right-saturated (> {right:g})")
+        panel.set_aspect("equal")
+    axes[0].set_ylabel(f"fraction left-saturated (< {left:g})")
+    axes[0].legend(fontsize=7, loc="upper right")
+    if ax is None:
+        fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=9)
+        fig.tight_layout()
     return fig
 
 
@@ -50,7 +78,7 @@ def _rgb(v: float) -> tuple[float, float, float]:
 
 def trace_png(text: str, values: np.ndarray, title: str, width: int = 80):
     r"""The text as a grid of `width` columns, a character on each cell coloured by the
-    unit's value, laid out by study.probes.traces.trace_rows (long lines wrap, '\n' is '↵')."""
+    unit's value, laid out by study.probes.layout.trace_rows (long lines wrap, '\n' is '↵')."""
     rows = trace_rows(text, values, width)
     n_rows = max(1, len(rows))
     fig = plt.figure(figsize=(width * 0.11 + 0.4, n_rows * 0.2 + 0.7))
@@ -68,20 +96,32 @@ def trace_png(text: str, values: np.ndarray, title: str, width: int = 80):
     return fig
 
 
-def error_flow_plot(curves: pd.DataFrame, title: str):
-    """Mean ‖dℓ_t/dh_(t−q)‖ and ‖dℓ_t/dc_(t−q)‖ against q, log scale, per layer; dashed at
-    initialisation, solid after training."""
+def error_flow_plot(curves: pd.DataFrame, title: str,
+                    ax: Axes | Sequence[Axes] | None = None):
+    """Mean ‖dℓ_t/dh_(t−q)‖ and ‖dℓ_t/dc_(t−q)‖ against q, log scale, a panel per state,
+    colour = layer; dashed at initialisation, solid after training. `curves`: the columns
+    of error_flow.csv (layer, state, q, grad_norm, when). ax=None: a new figure titled
+    `title`. Otherwise draws into `ax` (an Axes, or one per state), each panel titled
+    "`title`: through <state>", and leaves the layout to the caller. Returns the figure."""
     kinds = [k for k in ("h", "c") if k in set(curves["state"])]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.3), squeeze=False)
-    for ax, kind in zip(axes[0], kinds, strict=True):
+    if ax is None:
+        fig, grid = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.3),
+                                 squeeze=False)
+        axes = list(grid[0])
+    else:
+        axes = _panels(ax, len(kinds), "states")
+        fig = axes[0].figure
+    for panel, kind in zip(axes, kinds, strict=False):
         sub = curves[curves["state"] == kind]
         for (layer, when), pts in sub.groupby(["layer", "when"]):
-            ax.semilogy(pts["q"], pts["grad_norm"], ls="--" if when == "init" else "-",
-                        color=LAYER_COLOURS[(layer - 1) % len(LAYER_COLOURS)],
-                        label=f"layer {layer}, {when}")
-        ax.set(xlabel="distance q (steps back)",
-               ylabel=f"mean ‖dℓ_t / d{kind}_(t−q)‖", title=f"error flow through {kind}")
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+            panel.semilogy(pts["q"], pts["grad_norm"], ls="--" if when == "init" else "-",
+                           color=_layer_colour(layer), label=f"layer {layer}, {when}")
+        name = f"error flow through {kind}"
+        panel.set(xlabel="distance q (steps back)",
+                  ylabel=f"mean ‖dℓ_t / d{kind}_(t−q)‖ (ℓ in nats)",
+                  title=name if ax is None or not title else f"{title}: through {kind}")
+        panel.legend(fontsize=7)
+    if ax is None:
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
     return fig

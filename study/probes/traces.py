@@ -4,6 +4,10 @@ coloured background, its value on hover) or, through study.probes.figures.trace_
 Both follow one layout rule (`cells`): every character of the text appears once, in order,
 with its own value, except '\r', which is not drawn (a CRLF line ends once); '\n' is drawn
 as '↵' at the end of its line, and the next character starts a new line.
+
+The layout is study.probes.layout's (`cells`, `trace_rows`); this module owns the HTML
+page (`trace_html`) and a run's trace files (`write_traces`: traces/<concept>_<rank>.html,
+a PNG of each concept's best unit and traces/index.html).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import html
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,37 +22,8 @@ import pandas as pd
 
 from study.config import ProbesConfig
 from study.probes.concepts import CONCEPTS, signals
-
-NEWLINE = "↵"  # how a '\n' is drawn
-
-
-def cells(text: str, values) -> Iterator[tuple[str, float]]:
-    r"""(character, value) for each character drawn: all of `text` but '\r', in order."""
-    for ch, v in zip(text, values, strict=True):
-        if ch != "\r":
-            yield ch, float(v)
-
-
-def trace_rows(text: str, values, width: int) -> list[list[tuple[str, float]]]:
-    r"""The text laid out in rows of at most `width` cells, one cell per character drawn:
-    a line longer than `width` wraps onto the next row (no character lost); a '\n' ends its
-    row as '↵' (on a row of its own when its line filled the previous one exactly). No
-    empty row after a final '\n'; no row at all for an empty text."""
-    if width < 1:
-        raise ValueError(f"width must be at least 1, got {width}")
-    rows: list[list[tuple[str, float]]] = []
-    row: list[tuple[str, float]] = []
-    for ch, v in cells(text, values):
-        if len(row) == width:  # full: wrap
-            rows.append(row)
-            row = []
-        row.append((NEWLINE if ch == "\n" else ch, v))
-        if ch == "\n":
-            rows.append(row)
-            row = []
-    if row:
-        rows.append(row)
-    return rows
+from study.probes.layout import NEWLINE, cells, trace_rows  # noqa: F401 (re-exported)
+from study.probes.units import best_units, describe_unit
 
 
 def excerpt(signal: np.ndarray, keep: np.ndarray, length: int) -> slice:
@@ -101,9 +75,10 @@ def trace_html(text: str, values: np.ndarray, title: str, subtitle: str = "") ->
 
 def write_traces(acts, scores: pd.DataFrame, out: Path, cfg: ProbesConfig, title: str,
                  png: bool = True) -> list[dict]:
-    """HTML (and PNG for each concept's best unit) traces of study.probes.Activations
-    `acts`, for the best units of `scores`, and an index.html."""
-    from study.probes import best_units, describe_unit, figures
+    """HTML (and PNG for each concept's best unit) traces of study.probes.activations'
+    Activations `acts`, for the best units of `scores` (study.probes.units.unit_scores),
+    and an index.html, in `out`."""
+    from study.probes import figures  # here: figures imports this module
 
     out.mkdir(parents=True, exist_ok=True)
     sig = signals(acts.text, sorted(set(scores["concept"])))
