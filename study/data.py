@@ -59,7 +59,15 @@ import numpy as np
 import torch
 
 from study.config import DataConfig
-from study.files import UnreadableFile, atomic_save, atomic_write, load_plain, sha256_of
+from study.corpora import CORPORA, DEFAULT_SPLITS, KnownCorpus
+from study.files import (
+    UnreadableFile,
+    atomic_save,
+    atomic_write,
+    load_plain,
+    publish,
+    sha256_of,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,34 +76,6 @@ class DataError(RuntimeError):
     """A corpus that cannot be used; the message says where we looked and what to do."""
 
 
-@dataclass(frozen=True)
-class KnownCorpus:
-    filename: str
-    url: str
-    sha256: tuple[str, ...]  # digests of copies known to be right
-    canonical: bool  # whether sha256 holds the canonical file's digest
-    chars: int  # characters in the canonical file (Karpathy15's figure)
-    splits: tuple[float, float, float]
-    about: str
-
-
-CORPORA: dict[str, KnownCorpus] = {
-    "warpeace": KnownCorpus(
-        "warpeace_input.txt",
-        "https://cs.stanford.edu/people/karpathy/char-rnn/warpeace_input.txt",
-        ("fb66ba999dafe24017cdd59e04c56d385a9c8466993d374fd4c6f08b2142985e",), True,
-        3_258_227, (0.8, 0.1, 0.1), "War and Peace (Karpathy15's WP)"),
-    # The canonical LK file could not be fetched where this harness was built, so its
-    # sha256 is unknown: the digest here is the rebuild's in ../shared/data (from Debian's
-    # linux-source-6.1). A download with the canonical character count is trusted on first
-    # use: its sha256 is pinned next to it and checked on every later use.
-    "linux": KnownCorpus(
-        "linux_input.txt",
-        "https://cs.stanford.edu/people/karpathy/char-rnn/linux_input.txt",
-        ("709877a87c9c6149c54376c3e5f338917d8ccbef48e1f46402afba11c7a85bb8",), False,
-        6_206_996, (0.9, 0.05, 0.05), "Linux kernel source (Karpathy15's LK)"),
-}
-DEFAULT_SPLITS = (0.9, 0.05, 0.05)
 
 
 def locate(name: str, *, download: bool = True) -> Path:
@@ -156,7 +136,7 @@ def _download(info: KnownCorpus, dest: Path) -> None:
             atomic_write(pin_file(dest), lambda f: f.write(f"{got}  {dest.name}\n".encode()))
             print(f"{dest.name}: sha256 {got} (canonical digest unknown; {info.chars} "
                   f"characters as expected), pinned in {pin_file(dest)}")
-        os.replace(part, dest)
+        publish(part, dest)  # checked first, then in place, whole
     finally:
         part.unlink(missing_ok=True)
 
@@ -201,6 +181,25 @@ def read_text(path: Path) -> str:
     return text  # bytes.decode keeps "\r\n" as it is, like open(..., newline="")
 
 
+class Vocabulary:
+    """Characters <-> token ids; the characters sorted by code point, index = id."""
+
+    def __init__(self, chars: str, name: str = "the model's"):
+        self.chars, self.name = chars, name
+        self.index = {c: i for i, c in enumerate(chars)}
+
+    def encode(self, text: str) -> torch.Tensor:
+        missing = sorted({c for c in text if c not in self.index})
+        if missing:
+            raise DataError(f"the text has {len(missing)} characters the model never saw "
+                            f"(not in {self.name} vocabulary): {''.join(missing[:20])!r}; "
+                            "use a text from the same corpus")
+        return torch.tensor([self.index[c] for c in text], dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
 @dataclass
 class Corpus:
     name: str
@@ -214,12 +213,12 @@ class Corpus:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(self.vocab, f"the {self.name}")
+
     def encode(self, text: str) -> torch.Tensor:
-        index = {ch: i for i, ch in enumerate(self.vocab)}
-        missing = sorted({ch for ch in text if ch not in index})
-        if missing:
-            raise DataError(f"characters not in the {self.name} vocabulary: {missing[:10]}")
-        return torch.tensor([index[ch] for ch in text], dtype=torch.long)
+        return self.vocabulary.encode(text)
 
     def decode(self, ids) -> str:
         return "".join(self.vocab[int(i)] for i in ids)

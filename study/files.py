@@ -59,11 +59,17 @@ def atomic_write(path: Path, write) -> None:
     try:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Put a finished sibling file in place of `path`: its data reaches the disk before the
+    name points at it, so a crash leaves the old file or the new one, never half."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def atomic_save(obj, path: Path) -> None:
