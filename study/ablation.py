@@ -16,12 +16,9 @@ probes failed after training: `--resume` probes again without retraining); kille
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +26,9 @@ from pathlib import Path
 from study import config as config_mod
 from study.config import Config
 from study.data import Corpus, load_corpus
+from study.formats import bits, markdown_table
+from study.runner import RESUME_HINT, RunLabels, run_one
 from study.signals import join_workers, sigterm_as_interrupt
-
-LN2 = math.log(2)
-RESUME_HINT = "continue with --resume"
 
 
 @dataclass
@@ -52,10 +48,7 @@ class RunSpec:
 
 def config_digest(cfg: Config) -> str:
     """Identity of an ablation (its parent run): everything but where things are stored."""
-    d = {k: v for k, v in config_mod.to_dict(cfg).items() if k != "tracking"}
-    d["ablation"].pop("storage")
-    blob = json.dumps(d, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return config_mod.digest(config_mod.to_dict(cfg), drop=("tracking", "ablation.storage"))
 
 
 def queue_url(cfg: Config) -> str:
@@ -89,7 +82,7 @@ def run_ablation(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus], *
     for n, spec in enumerate(plan, 1):
         if spec.hash in earlier:
             print(f"[{n}/{len(plan)}] {spec.name}: already finished in run "
-                  f"{earlier[spec.hash].info.run_id}, skipped (--force retrains)",
+                  f"{earlier[spec.hash].run_id}, skipped (--force retrains)",
                   file=sys.stderr)
     here: dict[str, dict] = {}
     try:
@@ -105,7 +98,7 @@ def run_ablation(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus], *
     if parent is not None:
         table = summary_table(rows)
         parent.log_text(table.to_csv(index=False), "summary.csv")
-        parent.log_text(markdown(table), "summary.md")
+        parent.log_text(markdown_table(table, "{:.4f}"), "summary.md")
         parent.set_tags({"runs": len(rows), "failed_runs": sum(not ok(r) for r in rows)})
         parent.end("FINISHED")
     return rows
@@ -122,7 +115,7 @@ def _parent(store, cfg: Config, plan: list[RunSpec], force: bool):
     prior = None if force else next(iter(store.find(config_hash=digest, kind="ablation")),
                                     None)
     if prior is not None:
-        return store.start(cfg.name, {}, run_id=prior.info.run_id)
+        return store.resume(prior.run_id)
     parent = store.start(cfg.name, {"kind": "ablation", "config_hash": digest,
                                     "mlflow.note.content": describe(cfg, plan)})
     parent.log_config(cfg)
@@ -197,8 +190,8 @@ def drain(queue, store, corpora: dict[str, Corpus], results_dir: Path, *, resume
 
 def run_job(job, queue, store, corpora: dict[str, Corpus], results_dir: Path, *,
             resume: bool, progress: bool, count: str) -> dict:
+    """Train one claimed job through run_one and record its outcome in the queue."""
     from study.sweep.queue import heartbeat
-    from study.train import train
 
     cfg = config_mod.from_dict(job.config, f"<job {job.name}>")
     if cfg.data.corpus not in corpora:
@@ -207,75 +200,36 @@ def run_job(job, queue, store, corpora: dict[str, Corpus], results_dir: Path, *,
     spec = RunSpec(cfg.model.cell, cfg.data.corpus, cfg.train.seed, cfg, job.hash, job.axes)
     done = store.completed(spec.hash) if store is not None and not job.force else None
     if done is not None:  # finished by another command since it was queued
-        queue.finish(job, done.data.metrics.get("test_nats_per_char", math.nan))
+        queue.finish(job, done.metrics.get("test_nats_per_char", math.nan))
         return _row_from_run(spec, done, "finished (by another worker)")
     print(f"[{count}] {spec.variant} on {spec.dataset} (seed {spec.seed}): "
           f"{corpus.vocab_size} symbols, {len(corpus.splits['train']):,} train chars",
           file=sys.stderr)
     ckpt_dir = results_dir / "checkpoints" / cfg.tracking.experiment / spec.hash
-    tracker, resuming = _child_tracker(store, job.parent, spec, corpus, ckpt_dir, resume)
-    if tracker is not None:
-        job.note_run(tracker.run_id)
-    if not resuming:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
     try:
         with heartbeat(job.trial):
-            res = train(spec.cfg, corpus, tracker, ckpt_dir, resume=resuming,
-                        progress=progress)
+            out = run_one(cfg, corpus, store, _labels(spec, corpus, job.parent), ckpt_dir,
+                          resume=resume, progress=progress,
+                          log_checkpoint=cfg.tracking.log_checkpoint, on_run=job.note_run)
     except BaseException as e:
-        if tracker is not None:
-            tracker.end_after(e, RESUME_HINT)
         queue.finish(job, None, f"{type(e).__name__}: {e}" if not isinstance(
             e, KeyboardInterrupt) else "interrupted")
         raise
-    reason = res.reason
-    probes = res.probes
-    if res.status == "finished" and probes is not None and not probes.ok:
-        reason = ("probes failed after training (" + "; ".join(
-            f"{k}: {v}" for k, v in probes.failed.items()) + "); fix, then " + RESUME_HINT
-            + " to probe again without retraining")
-    finished = res.status == "finished" and not reason
-    if tracker is not None:
-        if res.status == "finished" and store is not None and cfg.tracking.log_checkpoint:
-            tracker.log_artifact(ckpt_dir / "best.pt", "checkpoint")
-        tracker.end("FINISHED" if finished else "FAILED", reason)
-    queue.finish(job, res.test if finished else None, reason)
-    status = "finished" if finished else ("probes failed" if res.status == "finished"
-                                          else "failed")
-    return _row(spec, tracker.run_id if tracker else "", status + (
-        f" ({reason})" if reason else ""), res.num_params, res.epochs, res.best_val, res.test,
-        res.seconds)
+    res = out.result
+    queue.finish(job, res.test if out.ok else None, out.reason)
+    return _row(spec, out.run_id, out.status + (f" ({out.reason})" if out.reason else ""),
+                res.num_params, res.epochs, res.best_val, res.test, res.seconds)
 
 
-def _child_tracker(store, parent_id: str | None, spec: RunSpec, corpus: Corpus,
-                   ckpt_dir: Path, resume: bool):
-    """The MLflow run for one child, and whether training resumes from a checkpoint. The
-    job is claimed, so an unfinished run of the same configuration is not alive: its
-    worker was interrupted or died."""
-    has_ckpt = (ckpt_dir / "last.pt").is_file()
-    if store is None:
-        return None, resume and has_ckpt
-    prior = store.unfinished(spec.hash)
-    if prior is not None and resume:
-        return store.start(spec.name, {}, run_id=prior.info.run_id), has_ckpt
-    if prior is not None:
-        print(f"  an interrupted run of this configuration exists ({prior.info.run_id}); "
-              "starting anew (use --resume to continue it)", file=sys.stderr)
-        store.mark_killed(prior.info.run_id,
-                          "interrupted; superseded by a new run started without --resume")
-    from study.tracking import RunTracker
-
-    parent = RunTracker(store.client, parent_id) if parent_id else None
-    tracker = store.start(spec.name, {
+def _labels(spec: RunSpec, corpus: Corpus, parent_id: str | None) -> RunLabels:
+    m = spec.cfg.model
+    return RunLabels(spec.name, {
         "kind": "train", "variant": spec.variant, "dataset": spec.dataset,
-        "seed": spec.seed, "config_hash": spec.hash, "data_sha256": corpus.sha256,
-        "vocab_size": corpus.vocab_size, "num_layers": spec.cfg.model.num_layers,
-        "hidden_size": spec.cfg.model.hidden_size,
+        "seed": spec.seed, "config_hash": spec.hash,
+        "vocab_size": corpus.vocab_size, "num_layers": m.num_layers, "hidden_size": m.hidden_size,
         # the row of Karpathy15's Table 1: the width before any parameter matching
-        "row_width": spec.axes.get("model.hidden_size", spec.cfg.model.hidden_size)
-        if spec.cfg.ablation.match_params_to else spec.cfg.model.hidden_size}, parent=parent)
-    tracker.log_config(spec.cfg)
-    return tracker, False
+        "row_width": spec.axes.get("model.hidden_size", m.hidden_size)
+        if spec.cfg.ablation.match_params_to else m.hidden_size}, parent_id)
 
 
 # ---------------------------------------------------------------------------------------
@@ -288,14 +242,14 @@ def _row(spec: RunSpec, run_id: str, status: str, params: int, epochs: int,
     return {"variant": spec.variant, "dataset": spec.dataset, "layers": m.num_layers,
             "hidden": m.hidden_size, "seed": spec.seed, "params": params, "epochs": epochs,
             "best val nats/char": best_val, "test nats/char": test,
-            "test bits/char": test / LN2, "minutes": seconds / 60, "status": status,
+            "test bits/char": bits(test), "minutes": seconds / 60, "status": status,
             "run_id": run_id}
 
 
 def _row_from_run(spec: RunSpec, run, status: str) -> dict:
-    m, info = run.data.metrics, run.info
-    secs = (info.end_time - info.start_time) / 1000 if info.end_time else math.nan
-    return _row(spec, info.run_id, status, int(run.data.tags.get("num_params", 0)),
+    m = run.metrics
+    secs = (run.end_ms - run.start_ms) / 1000 if run.end_ms else math.nan
+    return _row(spec, run.run_id, status, int(run.tags.get("num_params", 0)),
                 int(m.get("epochs_trained", 0)), m.get("best_val_nats_per_char", math.nan),
                 m.get("test_nats_per_char", math.nan), secs)
 
@@ -309,8 +263,8 @@ def _row_elsewhere(spec: RunSpec, store, earlier: bool) -> dict:
                              else "finished (by another worker)")
     run = store.latest(spec.hash) if store is not None else None
     if run is not None:
-        reason = run.data.tags.get("failure_reason", "")
-        return _row_from_run(spec, run, f"{run.info.status.lower()} ({reason})")
+        reason = run.tags.get("failure_reason", "")
+        return _row_from_run(spec, run, f"{run.status.lower()} ({reason})")
     return _row(spec, "", "trained by another worker (tracking off: no result here)", 0, 0,
                 math.nan, math.nan, math.nan)
 
@@ -319,15 +273,6 @@ def summary_table(rows: list[dict]):
     import pandas as pd
 
     return pd.DataFrame(rows)
-
-
-def markdown(df) -> str:
-    cols = list(df.columns)
-    fmt = [(lambda v: f"{v:.4f}") if df[c].dtype.kind == "f" else str for c in cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(f(r[c]) for f, c in zip(fmt, cols, strict=True)) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def describe(cfg: Config, plan: list[RunSpec]) -> str:

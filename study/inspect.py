@@ -21,29 +21,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from study import config as config_mod
-from study.data import DataError, load_corpus, read_text
+from study import tracking
+from study.data import DataError, Vocabulary, load_corpus, read_text
 from study.model import CharLM
-from study.probes import read, trace_html, unit_scores, write_traces
+from study.probes import read, run_probes, trace_html, unit_scores, write_traces
 from study.probes.concepts import CONCEPTS
-from study.train import BEST_KEYS, CheckpointError, load_checkpoint
-
-
-class Vocabulary:
-    def __init__(self, chars: str):
-        self.chars, self.index = chars, {c: i for i, c in enumerate(chars)}
-
-    def encode(self, text: str) -> torch.Tensor:
-        missing = sorted({c for c in text if c not in self.index})
-        if missing:
-            raise DataError(f"the text has {len(missing)} characters the model never saw: "
-                            f"{''.join(missing[:20])!r}; use a text from the run's corpus")
-        return torch.tensor([self.index[c] for c in text], dtype=torch.long)
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+from study.runner import log_probes
+from study.train import BEST_KEYS, CheckpointError, load_checkpoint, seed_everything
 
 
 class RunError(RuntimeError):
@@ -51,32 +37,22 @@ class RunError(RuntimeError):
 
 
 def load_run(run_id: str, tracking_uri: str | None = None):
-    """(model, config, vocabulary, client) from a run's checkpoint/best.pt artifact.
+    """(model, config, vocabulary, uri) from a run's checkpoint/best.pt artifact.
     Raises RunError (or study.tracking.StoreError) with a message for the user."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from study.tracking import require_store
-    from study.tracking import tracking_uri as default_uri
-
-    uri = tracking_uri or default_uri(config_mod.TrackingConfig())
-    require_store(uri)  # before the client: it would create an empty store at a typo
-    client = MlflowClient(uri)
+    uri = tracking_uri or tracking.tracking_uri(config_mod.TrackingConfig())
+    reader = tracking.Reader(uri)  # refuses a local store that is not there
     try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise RunError(f"no run {run_id} in the MLflow store at {uri}; check the run id "
-                       "and --tracking-uri / $MLFLOW_TRACKING_URI") from None
+        reader.run(run_id)
+    except tracking.RunNotFound as e:
+        raise RunError(str(e)) from None
     artifact = "checkpoint/best.pt"
     with tempfile.TemporaryDirectory() as tmp:  # the download goes when it is read
+        path = reader.download(run_id, artifact, tmp)
+        if path is None:
+            raise RunError(f"run {run_id}: no {artifact} artifact; is the run finished, and "
+                           "was it run with tracking.log_checkpoint?")
         try:
-            path = client.download_artifacts(run_id, artifact, dst_path=tmp)
-        except (MlflowException, OSError) as e:
-            reason = e.message if isinstance(e, MlflowException) else str(e)
-            raise RunError(f"run {run_id}: no {artifact} artifact ({reason}); is the run "
-                           "finished, and was it run with tracking.log_checkpoint?") from None
-        try:
-            ck = load_checkpoint(Path(path), BEST_KEYS, name=f"{artifact} of run {run_id}",
+            ck = load_checkpoint(path, BEST_KEYS, name=f"{artifact} of run {run_id}",
                                  fix="retrain the run to get a usable checkpoint")
         except CheckpointError as e:
             raise RunError(str(e)) from None
@@ -84,16 +60,14 @@ def load_run(run_id: str, tracking_uri: str | None = None):
     model = CharLM(len(ck["vocab"]), cfg.model)
     model.load_state_dict(ck["model"])
     model.eval()
-    return model, cfg, Vocabulary(ck["vocab"]), client
+    return model, cfg, Vocabulary(ck["vocab"]), uri
 
 
 def _load_run_or_say_why(run_id: str, tracking_uri: str | None):
     """load_run, or None after printing its one-line error."""
-    from study.tracking import StoreError
-
     try:
         return load_run(run_id, tracking_uri)
-    except (RunError, StoreError) as e:
+    except (RunError, tracking.StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return None
 
@@ -116,9 +90,6 @@ def parse_unit(spec: str, model: CharLM) -> tuple[int, int, str]:
 
 def reprobe(run_ids: list[str], overrides: list[str], tracking_uri: str | None) -> int:
     """Run the probes of each run again on its best checkpoint and log them to it."""
-    from study.probes import probe_trained
-    from study.tracking import RunTracker
-
     for item in overrides:
         if not item.startswith("probes."):
             raise SystemExit(f"error: --set {item}: only probes.* settings can change here")
@@ -126,40 +97,43 @@ def reprobe(run_ids: list[str], overrides: list[str], tracking_uri: str | None) 
         loaded = _load_run_or_say_why(run_id, tracking_uri)
         if loaded is None:
             return 2
-        model, cfg, _, client = loaded
+        model, cfg, _, uri = loaded
         try:
-            cfg = config_mod.from_dict(_with(config_mod.to_dict(cfg), overrides),
-                                       f"run {run_id}")
+            tree = config_mod.apply_overrides(config_mod.to_dict(cfg), overrides)
+            cfg = config_mod.from_dict(tree, f"run {run_id}")
             corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")
         except (config_mod.ConfigError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"probing run {run_id} ({cfg.model.cell} on {cfg.data.corpus})", file=sys.stderr)
-        tracker = RunTracker(client, run_id)
-        result = probe_trained(model, corpus, cfg, tracker, torch.device("cpu"))
+        run = tracking.open_run(uri, run_id)
+        result = _probe(run, model, corpus, cfg)
         if not result.ok:  # the run says so, as a run whose probes failed after training does
             reason = "probes failed (study.inspect --probe): " + "; ".join(
                 f"{k}: {v}" for k, v in result.failed.items())
-            tracker.end("FAILED", reason)
+            run.end("FAILED", reason)
             print(f"error: run {run_id}: {reason}", file=sys.stderr)
             return 1
-        if client.get_run(run_id).data.tags.get("failure_reason", "").startswith(
-                "probes failed"):
-            tracker.end("FINISHED")  # probed again successfully: the run is whole
+        if run.tags().get("failure_reason", "").startswith("probes failed"):
+            run.end("FINISHED")  # probed again successfully: the run is whole
     return 0
 
 
-def _with(tree: dict, overrides: list[str]) -> dict:
-    import yaml
+def _probe(run, model: CharLM, corpus, cfg):
+    """The run's full probes on its model, logged to it (as after training)."""
 
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = tree
-        *head, last = key.split(".")
-        for k in head:
-            node = node[k]
-        node[last] = yaml.safe_load(value)
-    return tree
+    def initial_model() -> CharLM:  # the same initial weights, rebuilt from the seed
+        seed_everything(cfg.train.seed)
+        return CharLM(corpus.vocab_size, cfg.model)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "probes"
+        out.mkdir()
+        result = run_probes(model, corpus, cfg.probes, out,
+                            f"{cfg.model.cell} on {corpus.name}",
+                            init_model=initial_model if cfg.probes.error_flow else None)
+        log_probes(run, result, out)
+    return result
 
 
 def main(argv=None) -> int:
@@ -190,7 +164,7 @@ def main(argv=None) -> int:
     loaded = _load_run_or_say_why(args.run_id, args.tracking_uri)
     if loaded is None:
         return 2
-    model, cfg, vocab, client = loaded
+    model, cfg, vocab, uri = loaded
     try:
         if args.text:
             ids = vocab.encode(read_text(Path(args.text))[:args.chars])
@@ -224,7 +198,7 @@ def main(argv=None) -> int:
     for page in pages:
         print(f"wrote {page}")
     if args.log:
-        client.log_artifacts(args.run_id, str(out), "inspect")
+        tracking.open_run(uri, args.run_id).log_artifacts(out, "inspect")
         print(f"logged to run {args.run_id} under inspect/")
     if args.open:
         webbrowser.open(pages[0].resolve().as_uri())

@@ -98,113 +98,128 @@ class Store:
             artifacts = (root.resolve() / "mlartifacts" / cfg.experiment).as_uri()
         with _creation_lock(self.uri):
             # No mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to every subprocess.
-            self.client = MlflowClient(tracking_uri=self.uri)
-            exp = self.client.get_experiment_by_name(cfg.experiment)
+            self._client = MlflowClient(tracking_uri=self.uri)
+            exp = self._client.get_experiment_by_name(cfg.experiment)
             if exp is None:
                 try:
-                    self.experiment_id = self.client.create_experiment(cfg.experiment,
-                                                                       artifacts)
+                    self.experiment_id = self._client.create_experiment(cfg.experiment,
+                                                                        artifacts)
                 except mlflow.exceptions.MlflowException:  # another machine created it first
-                    exp = self.client.get_experiment_by_name(cfg.experiment)
+                    exp = self._client.get_experiment_by_name(cfg.experiment)
             if exp is not None:
                 self.experiment_id = exp.experiment_id
         self.name = cfg.experiment
 
-    def find(self, **tags) -> list:
+    def find(self, **tags) -> list[RunRecord]:
         """Runs of this experiment whose tags match, newest first."""
         flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-        return self.client.search_runs([self.experiment_id], filter_string=flt,
-                                       order_by=["attributes.start_time DESC"],
-                                       max_results=1000)
+        runs = self._client.search_runs([self.experiment_id], filter_string=flt,
+                                        order_by=["attributes.start_time DESC"],
+                                        max_results=1000)
+        return [Reader._record(r, {self.experiment_id: self.name}) for r in runs]
 
-    def completed(self, config_hash: str):
+    def completed(self, config_hash: str) -> RunRecord | None:
+        """The newest FINISHED training run of a configuration."""
         runs = [r for r in self.find(config_hash=config_hash, kind="train")
-                if r.info.status == FINISHED]
+                if r.status == FINISHED]
         return runs[0] if runs else None
 
-    def latest(self, config_hash: str, kind: str = "train"):
+    def latest(self, config_hash: str, kind: str = "train") -> RunRecord | None:
         """The newest run of a configuration, whatever its status."""
         runs = self.find(config_hash=config_hash, kind=kind)
         return runs[0] if runs else None
 
-    def mark_killed(self, run_id: str, reason: str) -> None:
-        self.client.set_tag(run_id, "failure_reason", reason[:5000])
-        self.client.set_terminated(run_id, KILLED)
-
-    def unfinished(self, config_hash: str, kind: str = "train"):
+    def unfinished(self, config_hash: str, kind: str = "train") -> str | None:
+        """The id of the newest run of a configuration that did not finish."""
         runs = [r for r in self.find(config_hash=config_hash, kind=kind)
-                if r.info.status != FINISHED]
-        return runs[0] if runs else None
+                if r.status != FINISHED]
+        return runs[0].run_id if runs else None
 
-    def start(self, name: str, tags: dict[str, Any], parent: RunTracker | None = None,
-              run_id: str | None = None) -> RunTracker:
-        """A new run (or, with run_id, an existing one taken up again)."""
-        if run_id is not None:
-            self.client.update_run(run_id, status=RUNNING)
-            return RunTracker(self.client, run_id)
+    def has_run(self, run_id: str) -> bool:
+        """Whether this experiment holds the run."""
+        try:
+            return self._client.get_run(run_id).info.experiment_id == self.experiment_id
+        except mlflow.exceptions.MlflowException:
+            return False
+
+    def mark_killed(self, run_id: str, reason: str) -> None:
+        """End a run whose process is gone: KILLED, with the reason."""
+        self._client.set_tag(run_id, "failure_reason", reason[:5000])
+        self._client.set_terminated(run_id, KILLED)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def start(self, name: str, tags: dict[str, Any], parent_id: str | None = None) -> RunTracker:
+        """A new run, tagged (git commit added), a child of parent_id if given."""
         tags = {k: str(v) for k, v in tags.items()}
         tags["git_commit"] = git_commit()
-        if parent is not None:
-            tags["mlflow.parentRunId"] = parent.run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        return RunTracker(self.client, run.info.run_id)
+        if parent_id is not None:
+            tags["mlflow.parentRunId"] = parent_id
+        run = self._client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return RunTracker(self._client, run.info.run_id)
+
+    def resume(self, run_id: str) -> RunTracker:
+        """An existing run taken up again (RUNNING once more)."""
+        self._client.update_run(run_id, status=RUNNING)
+        return RunTracker(self._client, run_id)
 
 
 class RunTracker:
-    """One MLflow run, by id. Has the calls train() makes (see train.NullTracker)."""
+    """One MLflow run, by id, as study.runner writes it. Made by Store.start/resume."""
 
     def __init__(self, client: MlflowClient, run_id: str):
-        self.client, self.run_id = client, run_id
+        self._client, self.run_id = client, run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        existing = self.client.get_run(self.run_id).data.params
+        existing = self._client.get_run(self.run_id).data.params
         items = [p for p in items if p.key not in existing]  # a resumed run has them
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self._client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_config(self, cfg: Config) -> None:
         import yaml
 
         self.log_params(flatten(to_dict(cfg)))
-        self.client.log_text(self.run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False),
+        self._client.log_text(self.run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False),
                              "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def log_series(self, points: list[tuple[str, float, int]]) -> None:
         """Many (key, value, step) points in few requests."""
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v, step in points]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def log_artifacts(self, folder: str | Path, name: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), name)
+        self._client.log_artifacts(self.run_id, str(folder), name)
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        self._client.log_text(self.run_id, text, name)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
-
-    def log_figure(self, fig, name: str) -> None:
-        self.client.log_figure(self.run_id, fig, name)
+        self._client.log_artifact(self.run_id, str(path), folder)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def tags(self) -> dict[str, str]:
+        return dict(self._client.get_run(self.run_id).data.tags)
 
     def end(self, status: str = FINISHED, reason: str = "") -> None:
         if reason:
             self.set_tags({"failure_reason": reason[:5000]})
-        elif "failure_reason" in self.client.get_run(self.run_id).data.tags:
+        elif "failure_reason" in self._client.get_run(self.run_id).data.tags:
             # a resumed run that finished is no longer "interrupted"
-            self.client.delete_tag(self.run_id, "failure_reason")
-        self.client.set_terminated(self.run_id, status=status)
+            self._client.delete_tag(self.run_id, "failure_reason")
+        self._client.set_terminated(self.run_id, status=status)
 
     def end_after(self, error: BaseException, resume_hint: str = "") -> None:
         """End the run for an exception: KILLED for Ctrl-C, FAILED for anything else."""
@@ -212,6 +227,17 @@ class RunTracker:
             self.end("KILLED", "interrupted" + (f"; {resume_hint}" if resume_hint else ""))
         else:
             self.end("FAILED", f"{type(error).__name__}: {error}")
+
+
+def open_run(uri: str, run_id: str) -> RunTracker:
+    """An existing run to add to (study.inspect), its status left as it is."""
+    require_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise RunNotFound(f"no run {run_id} in the MLflow store at {uri}") from None
+    return RunTracker(client, run_id)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Training: train(cfg, corpus, tracker) -> Result. One epoch loop, small helpers.
+"""Fitting one model: train(cfg, corpus, ...) -> Result. Model, data, optimizer, schedule,
+clipping and checkpoints; nothing else. Each epoch is reported through a callback
+(`on_epoch(EpochReport)`), which is where the caller logs, samples, probes or prunes
+(study.runner does all four); train() itself knows no tracker.
 
 Losses are mean cross-entropy in nats per character (bits = nats / ln 2). The training
 loss of an epoch is the mean over its updates' new steps; validation and test losses are
@@ -13,13 +16,12 @@ run resumes where it was and ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,12 +31,8 @@ from tqdm import tqdm
 from study import data, files
 from study.config import Config, to_dict
 from study.engine.scan import single_backward
-from study.model import CharLM, detach_state, sample
-
-if TYPE_CHECKING:  # probes imports this module at run time; the annotation needs no import
-    from study.probes import ProbeResult
-
-LN2 = math.log(2)
+from study.formats import bits
+from study.model import CharLM, detach_state
 
 
 class Diverged(RuntimeError):
@@ -43,42 +41,28 @@ class Diverged(RuntimeError):
 
 @dataclass
 class Result:
-    status: str  # "finished" | "failed"
+    status: str  # "finished" | "failed" (diverged)
     reason: str = ""
     epochs: int = 0
     best_epoch: int = 0
     best_val: float = math.nan  # nats/char
     test: float = math.nan  # nats/char, from the best checkpoint
     history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # training and the test evaluation
     num_params: int = 0
-    probes: ProbeResult | None = None  # the final probes' outcome (None: not probed)
     model: CharLM | None = None  # the best-validation model, for callers that go on
+    device: torch.device | None = None
 
 
-class NullTracker:
-    """Tracking off: the same calls, no effect. See study.tracking.RunTracker."""
+@dataclass
+class EpochReport:
+    """What train() reports after each epoch, once its checkpoints are written."""
 
-    def log_params(self, params):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        pass
-
-    def log_text(self, text, name):
-        pass
-
-    def log_artifact(self, path, folder=None):
-        pass
-
-    def log_artifacts(self, folder, name=None):
-        pass
-
-    def log_series(self, points):
-        pass
-
-    def set_tags(self, tags):
-        pass
+    epoch: int
+    metrics: dict[str, float]  # this epoch's row of the history, without "epoch"
+    model: CharLM  # the model as it is after this epoch
+    device: torch.device
+    first: bool  # the first epoch of this process (a resumed run's first is not epoch 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,13 +212,13 @@ def load_checkpoint(path: Path, require: tuple[str, ...] = (), *, name: str | No
 # the loop
 
 
-def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None = None,
-          resume: bool = False, progress: bool = True, on_epoch=None) -> Result:
-    """Train one model as `cfg` says, log per-epoch metrics to `tracker`, and return the
-    result, with the test loss of the best (lowest validation loss) checkpoint.
-    on_epoch(epoch, row), called after each epoch's metrics are logged, may raise to stop
-    the run (a sweep's pruner does); the exception propagates."""
-    tracker = tracker or NullTracker()
+def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
+          resume: bool = False, progress: bool = True,
+          on_epoch: Callable[[EpochReport], None] | None = None) -> Result:
+    """Train one model as `cfg` says and return the result, with the test loss of the best
+    (lowest validation loss) checkpoint. on_epoch(report) is called after each epoch's
+    checkpoints are written; it may raise to stop the run (a sweep's pruner does, and so
+    do the tests' fault injections): the exception propagates."""
     t = cfg.train
     device = pick_device(t.device)
     if t.threads is not None:
@@ -260,8 +244,6 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
         res.history, res.best_val, res.best_epoch = ck["history"], ck["best_val"], ck["best_epoch"]
         start_epoch, initial_loss, bad_epochs = ck["epoch"] + 1, ck["initial_loss"], ck["bad"]
         print(f"resuming from {last} after epoch {ck['epoch']}", file=sys.stderr)
-    tracker.set_tags({"device": str(device), "threads": str(torch.get_num_threads()),
-                      "num_params": str(res.num_params)})
 
     t0 = time.perf_counter() - sum(h["epoch_seconds"] for h in res.history)
     epoch = start_epoch - 1
@@ -303,8 +285,8 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
         seconds = time.perf_counter() - e0
         train_loss = float(np.mean(losses))
         row = {"epoch": epoch, "train_nats_per_char": train_loss,
-               "train_bits_per_char": train_loss / LN2, "val_nats_per_char": val,
-               "val_bits_per_char": val / LN2, "lr": lr,
+               "train_bits_per_char": bits(train_loss), "val_nats_per_char": val,
+               "val_bits_per_char": bits(val), "lr": lr,
                "grad_norm_preclip_mean": float(np.mean(norms)),
                "grad_norm_preclip_max": float(np.max(norms)),
                "train_chars_per_s": chars_per_epoch / train_seconds,
@@ -317,14 +299,8 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
                                 vocab=corpus.vocab, epoch=epoch, val_nats_per_char=val)
         else:
             bad_epochs += 1
-        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        if t.sample_chars:
-            tracker.log_text(_sample_text(model, corpus, t.sample_chars, t.seed + epoch),
-                             f"samples/epoch_{epoch:03d}.txt")
-        if cfg.probes.enabled and cfg.probes.every and epoch % cfg.probes.every == 0:
-            _probe(model, corpus, cfg, tracker, device, step=epoch, full=False)
         print(f"epoch {epoch:3d}  train {train_loss:.4f}  val {val:.4f} nats/char "
-              f"({val / LN2:.4f} bits/char)  {chars_per_epoch / train_seconds:,.0f} chars/s  "
+              f"({bits(val):.4f} bits/char)  {chars_per_epoch / train_seconds:,.0f} chars/s  "
               f"{seconds:.1f} s", file=sys.stderr)
         if last is not None:
             save_checkpoint(last, model=model.state_dict(), optimizer=opt.state_dict(),
@@ -332,12 +308,13 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
                             epoch=epoch, history=res.history, best_val=res.best_val,
                             best_epoch=res.best_epoch, initial_loss=initial_loss,
                             bad=bad_epochs)
-        _fault_injection(epoch)
         if on_epoch is not None:
-            on_epoch(epoch, row)
+            on_epoch(EpochReport(epoch, {k: v for k, v in row.items() if k != "epoch"},
+                                 model, device, first=epoch == start_epoch))
 
     res.epochs = len(res.history)
     res.seconds = time.perf_counter() - t0
+    res.device = device
     if stop_reason:
         res.status, res.reason = "failed", stop_reason
         return res
@@ -346,36 +323,6 @@ def train(cfg: Config, corpus: data.Corpus, tracker=None, ckpt_dir: Path | None 
     res.test = evaluate(model, corpus.splits["test"], t.batch_size, t.eval_seq_len, device,
                         "test")
     res.status = "finished"
-    tracker.log_metrics({"test_nats_per_char": res.test, "test_bits_per_char": res.test / LN2,
-                         "best_val_nats_per_char": res.best_val, "best_epoch": res.best_epoch,
-                         "epochs_trained": res.epochs})
-    if cfg.probes.enabled:
-        res.probes = _probe(model, corpus, cfg, tracker, device, full=True)
-    res.model = model
-    res.seconds = time.perf_counter() - t0  # the whole run: training, test and probes
-    tracker.log_metrics({"run_seconds": res.seconds})
+    res.model, res.device = model, device
+    res.seconds = time.perf_counter() - t0
     return res
-
-
-def _probe(model, corpus, cfg: Config, tracker, device, step=None, full=True) -> dict:
-    from study.probes import probe_trained
-
-    return probe_trained(model, corpus, cfg, tracker, device, step=step, full=full)
-
-
-def _sample_text(model: CharLM, corpus: data.Corpus, n: int, seed: int) -> str:
-    """A sample from its own generator, so sampling never moves the training RNG."""
-    g = torch.Generator().manual_seed(seed)
-    prime = corpus.splits["val"][:50].long().to(next(model.parameters()).device)
-    ids = sample(model, prime, n, generator=g)
-    return f"[prime from val]\n{corpus.decode(prime)}\n[sample, temperature 1]\n" \
-           f"{corpus.decode(ids)}\n"
-
-
-def _fault_injection(epoch: int) -> None:
-    """For the resume test: STUDY_KILL_AFTER_EPOCH=N ends the process abruptly (no clean-up,
-    like SIGKILL) right after epoch N's checkpoint is written."""
-    if os.environ.get("STUDY_KILL_AFTER_EPOCH") == str(epoch):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(137)

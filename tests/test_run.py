@@ -2,7 +2,6 @@
 after a hard kill, and bad inputs that stop before any run exists."""
 
 import math
-import os
 import subprocess
 import sys
 import urllib.error
@@ -128,19 +127,22 @@ def test_rerun_skips_finished_configs(smoke, capsys):
     assert capsys.readouterr().err.count("already finished") == 6
 
 
-def _run_cli(results, *extra, env=None):
-    args = [sys.executable, "-m", "study.run", SMOKE, "--no-progress",
+KILL_AFTER = str(ROOT / "tests" / "kill_after.py")
+
+
+def _run_cli(results, *extra, kill_after=None):
+    launch = ["-m", "study.run"] if kill_after is None else [KILL_AFTER, str(kill_after)]
+    args = [sys.executable, *launch, SMOKE, "--no-progress",
             "--set", f"tracking.results_dir={results}", "--set", "ablation.variants=[lstm]",
             "--set", "ablation.datasets=[warpeace]", "--set", "train.epochs=3",
             "--set", "model.dropout=0.3", *extra]
-    return subprocess.run(args, cwd=ROOT, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_resume_after_a_hard_kill_ends_with_the_same_weights(tmp_path):
     whole = _run_cli(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
-    killed = _run_cli(tmp_path / "split", env={"STUDY_KILL_AFTER_EPOCH": "1"})
+    killed = _run_cli(tmp_path / "split", kill_after=1)
     assert killed.returncode == 137  # died abruptly after epoch 1's checkpoint
     client = client_for(tmp_path / "split")
     exp = client.get_experiment_by_name("smoke")

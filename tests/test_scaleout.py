@@ -286,10 +286,10 @@ def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_killed_worker(
     assert points == wanted, [(t.number, t.state.name, t.params) for t in trials]
     dead = next(t for t in trials if t.number == victim.number)
     assert dead.state == TrialState.FAIL
-    assert "stopped during the trial" in dead.user_attrs["fail_reason"]
-    assert "queued again" in dead.user_attrs["fail_reason"]
     retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1 and retries[0].params == dead.params
+    assert "stopped during the trial" in retries[0].user_attrs["retry_reason"]
+    assert "queued again" in retries[0].user_attrs["retry_reason"]
     assert retries[0].state == TrialState.COMPLETE
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert len(trials) == len(wanted) + 1  # nothing else trained

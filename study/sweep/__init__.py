@@ -34,8 +34,6 @@ study).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
 import os
 import sys
@@ -50,6 +48,7 @@ from optuna.trial import TrialState
 from study import config as config_mod
 from study.config import Config, ConfigError
 from study.data import load_corpus
+from study.runner import Pruned, RunLabels, run_one
 from study.signals import join_workers, sigterm_as_interrupt
 from study.sweep.space import (
     clip_label,
@@ -73,23 +72,26 @@ from study.sweep.storage import (
     study_name,
 )
 from study.sweep.summary import summarise
+from study.train import Diverged
 
 __all__ = ["Diverged", "open_storage", "param_key", "run_sweep"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+RESUME_HINT = "re-run the command to resume the study"
 
 
-class Diverged(RuntimeError):
-    pass
+class ProbesFailed(RuntimeError):
+    """A trial that trained but whose probes failed (the reason says which)."""
 
 
 # ---------------------------------------------------------------------------------------
 # one trial
 
 
-def run_trial(study, trial, cfg: Config, corpus, store, parent, progress: bool) -> float:
-    from study.train import train
-
+def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
+              progress: bool) -> float:
+    """Train one trial through run_one and return its objective; raises optuna.TrialPruned,
+    Diverged or ProbesFailed for the other outcomes."""
     params = suggest(trial, cfg.sweep)
     twin = _twin(study, trial, params)
     if twin is not None:
@@ -103,55 +105,57 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent, progress: bool) 
         trial.set_user_attr("diverged", True)
         raise Diverged(twin.user_attrs.get("fail_reason", f"as trial {twin.number}"))
     child = trial_config(cfg, params)
-    tracker = None
-    if store is not None:
-        tracker = store.start(f"trial-{trial.number}", {
-            "kind": "trial", "study": study.study_name, "trial_number": trial.number,
-            "variant": child.model.cell, "dataset": child.data.corpus,
-            "config_hash": config_mod.run_hash(child), "data_sha256": corpus.sha256,
-            "clip": clip_label(params), "k2": params["k2"]}, parent=parent)
-        tracker.log_config(child)
-        tracker.log_params({f"trial.{k}": v for k, v in params.items()})
-        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+    labels = RunLabels(f"trial-{trial.number}", {
+        "kind": "trial", "study": study.study_name, "trial_number": trial.number,
+        "variant": child.model.cell, "dataset": child.data.corpus,
+        "config_hash": config_mod.run_hash(child), "clip": clip_label(params),
+        "k2": params["k2"]}, parent_id, params={f"trial.{k}": v for k, v in params.items()})
     print(f"trial {trial.number}: k2={params['k2']} k1={child.train.k1} "
           f"clip={clip_label(params)} lr={child.train.lr:g}", file=sys.stderr)
 
-    def report(epoch, row):
-        val = row["val_nats_per_char"]
-        trial.report(val, epoch)
+    def report(rep):
+        val = rep.metrics["val_nats_per_char"]
+        trial.report(val, rep.epoch)
         # after the last epoch the budget is spent: the trial is complete, not pruned
-        if epoch < child.train.epochs and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}: val {val:.4f} nats/char")
+        if rep.epoch < child.train.epochs and trial.should_prune():
+            raise Pruned(f"pruned after epoch {rep.epoch}: val {val:.4f} nats/char")
 
     ckpt = Path(cfg.tracking.results_dir) / "checkpoints" / cfg.tracking.experiment / \
         f"{study.study_name}-trial{trial.number}"
+    run_ids = []
+
+    def noted(run_id: str) -> None:
+        run_ids.append(run_id)
+        trial.set_user_attr("mlflow_run_id", run_id)
+
+    def state(name: str) -> None:
+        if store is not None and run_ids:
+            store.set_tags(run_ids[0], {"trial_state": name})
+
     try:
-        res = train(child, corpus, tracker, ckpt, progress=progress, on_epoch=report)
-    except optuna.TrialPruned as e:
-        trial.set_user_attr("pruned_reason", str(e))
-        if tracker is not None:
-            tracker.set_tags({"trial_state": "PRUNED"})
-            tracker.end("KILLED", str(e))
+        out = run_one(child, corpus, store, labels, ckpt, take_up=False, progress=progress,
+                      log_checkpoint=False, resume_hint=RESUME_HINT, on_epoch=report,
+                      on_run=noted)
+    except BaseException:
+        state("FAIL")
         raise
-    except BaseException as e:
-        if tracker is not None:
-            tracker.set_tags({"trial_state": "FAIL"})
-            tracker.end_after(e, "re-run the command to resume the study")
-        raise
-    if res.status != "finished":
+    if out.status == "pruned":
+        trial.set_user_attr("pruned_reason", out.reason)
+        state("PRUNED")
+        raise optuna.TrialPruned(out.reason)
+    if out.status == "failed":
         trial.set_user_attr("diverged", True)
-        trial.set_user_attr("fail_reason", res.reason)
-        if tracker is not None:
-            tracker.set_tags({"trial_state": "FAIL"})
-            tracker.end("FAILED", res.reason)
-        raise Diverged(res.reason)
-    value = res.history[-1]["val_nats_per_char"]
+        trial.set_user_attr("fail_reason", out.reason)
+        state("FAIL")
+        raise Diverged(out.reason)
+    if out.status == "probes failed":
+        state("FAIL")
+        raise ProbesFailed(out.reason)
+    res = out.result
     trial.set_user_attr("best_val_nats_per_char", res.best_val)
     trial.set_user_attr("test_nats_per_char", res.test)
-    if tracker is not None:
-        tracker.set_tags({"trial_state": "COMPLETE"})
-        tracker.end("FINISHED")
-    return value
+    state("COMPLETE")
+    return res.history[-1]["val_nats_per_char"]
 
 
 def _twin(study, trial, params):
@@ -183,12 +187,11 @@ def work(cfg_dict: dict, url: str, name: str, parent_run_id: str | None, worker:
         torch.set_num_threads(threads)
     study = optuna.load_study(study_name=name, storage=open_storage(url),
                               sampler=make_sampler(cfg.sweep, worker), pruner=make_pruner(cfg))
-    store = parent = None
+    store = None
     if cfg.tracking.enabled:
-        from study.tracking import RunTracker, Store
+        from study.tracking import Store
 
         store = Store(cfg.tracking)
-        parent = RunTracker(store.client, parent_run_id) if parent_run_id else None
     corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")
     surprises = 0
     while True:
@@ -200,7 +203,7 @@ def work(cfg_dict: dict, url: str, name: str, parent_run_id: str | None, worker:
             claim(trial)
         try:
             with heartbeat(trial):
-                value = run_trial(study, trial, cfg, corpus, store, parent, progress)
+                value = run_trial(study, trial, cfg, corpus, store, parent_run_id, progress)
             study.tell(trial, value)
             surprises = 0
         except optuna.TrialPruned:
@@ -209,6 +212,10 @@ def work(cfg_dict: dict, url: str, name: str, parent_run_id: str | None, worker:
             trial.set_user_attr("fail_reason", str(e))
             study.tell(trial, state=TrialState.FAIL)
             print(f"trial {trial.number} diverged: {e}", file=sys.stderr)
+        except ProbesFailed as e:  # trained, but the user must see it: not counted
+            trial.set_user_attr("fail_reason", str(e)[:2000])
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number}: {e}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - record, go on, but not forever
             traceback.print_exc()
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
@@ -236,7 +243,9 @@ def run_sweep(cfg: Config, workers: int | None = None, progress: bool = True) ->
     name, url = study_name(cfg), storage_url(cfg)
     corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")  # fail early
     del corpus
-    digest = _digest(cfg)
+    # asking for more trials or workers continues the same study
+    digest = config_mod.digest(config_mod.to_dict(cfg),
+                               drop=("tracking", "sweep.workers", "sweep.trials"))
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="minimize",
                                 load_if_exists=True, sampler=make_sampler(s),
                                 pruner=make_pruner(cfg))
@@ -246,18 +255,17 @@ def run_sweep(cfg: Config, workers: int | None = None, progress: bool = True) ->
     study.set_user_attr("config_digest", digest)
     store = parent = None
     if cfg.tracking.enabled:
-        from study.tracking import RunTracker, Store
+        from study.tracking import Store
 
         store = Store(cfg.tracking)
         run_id = study.user_attrs.get("mlflow_parent_run_id")
-        if run_id and store.client.get_run(run_id).info.experiment_id == store.experiment_id:
-            parent = store.start(name, {}, run_id=run_id)
+        if run_id and store.has_run(run_id):
+            parent = store.resume(run_id)
         else:
             parent = store.start(name, {"kind": "study", "study": name, "config_hash": digest,
                                         "storage": url, "mlflow.note.content": _describe(cfg)})
             parent.log_config(cfg)
             study.set_user_attr("mlflow_parent_run_id", parent.run_id)
-        assert isinstance(parent, RunTracker)
     with ask_lock(url):
         recover(study, store)
         target = s.trials
@@ -289,7 +297,7 @@ def run_sweep(cfg: Config, workers: int | None = None, progress: bool = True) ->
                 work(*args, 0, target, None, progress)
     except BaseException as e:
         if parent is not None:
-            parent.end_after(e, "re-run the command to resume the study")
+            parent.end_after(e, RESUME_HINT)
         raise
     minutes = (time.perf_counter() - t0) / 60
     summary = summarise(study, cfg, parent, minutes)
@@ -308,14 +316,6 @@ def _after_dead_workers(study, store, url: str, codes: list[int]) -> bool:
           + ("their trials were run again by the others" if not left else
              f"{len(left)} trial(s) left, run here"), file=sys.stderr)
     return bool(left)
-
-
-def _digest(cfg: Config) -> str:
-    d = config_mod.to_dict(cfg)
-    d.pop("tracking")
-    d["sweep"].pop("workers")
-    d["sweep"].pop("trials")  # asking for more trials continues the same study
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _describe(cfg: Config) -> str:

@@ -129,7 +129,8 @@ def heartbeat(trial: optuna.Trial):
 
 
 def recover(study: optuna.Study, store=None) -> list[int]:
-    """Fail the RUNNING trials whose worker is gone and enqueue their parameters again."""
+    """Fail the RUNNING trials whose worker is gone and enqueue their parameters again (the
+    retry carries `retry_of` and `retry_reason`); their MLflow runs are marked KILLED."""
     lost = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if is_alive(t):
@@ -139,13 +140,15 @@ def recover(study: optuna.Study, store=None) -> list[int]:
                   "(--resume continues it from its last checkpoint)") if job else (
             f"worker {t.user_attrs['worker']} stopped during the trial; its parameters were "
             "queued again")
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        # the reason travels with the retry: Optuna's public API sets no attribute on a
+        # trial this process did not ask for
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={**job, "retry_of": t.number})
+        study.enqueue_trial(t.params, user_attrs={**job, "retry_of": t.number,
+                                                  "retry_reason": reason})
         run_id = t.user_attrs.get("mlflow_run_id")
         if store is not None and run_id:
             if not job:  # a sweep trial's run
-                store.client.set_tag(run_id, "trial_state", "FAIL")
+                store.set_tags(run_id, {"trial_state": "FAIL"})
             store.mark_killed(run_id, reason)
         lost.append(t.number)
     if lost:

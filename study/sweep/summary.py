@@ -18,9 +18,12 @@ from study.sweep.space import clip_label
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retries = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
+    for t in trials:
         if t.state == TrialState.WAITING:
             continue
+        lost = retries[t.number].user_attrs.get("retry_reason") if t.number in retries else None
         p = t.params
         rows.append({
             "trial": t.number, "state": t.state.name, "val_nats_per_char": t.value,
@@ -31,7 +34,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "last_reported_val": (t.intermediate_values[max(t.intermediate_values)]
                                   if t.intermediate_values else None),
             "minutes": (t.duration.total_seconds() / 60) if t.duration else None,
-            "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason"),
+            "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason")
+            or lost,
             "duplicate_of": t.user_attrs.get("duplicate_of"),
             "retry_of": t.user_attrs.get("retry_of"),
             "mlflow_run_id": t.user_attrs.get("mlflow_run_id")})

@@ -1,0 +1,211 @@
+"""One run's whole life in MLflow: `run_one`, used by every ablation run and every sweep trial.
+
+    outcome = run_one(cfg, corpus, store, RunLabels(name, tags, parent_id), ckpt_dir, ...)
+
+It opens the run (or takes up an interrupted one of the same configuration, with
+`--resume`), logs the config, trains through study.train (which only fits), and on each
+epoch logs the metrics, a sample and the every-N-epochs probes before handing the epoch
+to the caller's own callback (a sweep's pruner). After training it logs the test loss,
+runs the probes and logs their metrics, series, tags and files, logs the checkpoint, and
+ends the run with its final status and reason:
+
+    finished         FINISHED
+    failed           FAILED, "loss became nan at epoch 3" (diverged)
+    probes failed    FAILED, "probes failed after training (units: ...)"; --resume probes
+                     again without retraining
+    pruned           KILLED, "pruned after epoch 2: ..." (the callback raised Pruned)
+    interrupted      KILLED, "interrupted; continue with --resume" (Ctrl-C, SIGTERM); the
+                     exception goes on to the caller
+    error            FAILED, "ExcType: message"; the exception goes on to the caller
+
+With tracking off (store None) the same happens without a run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from study import train as training
+from study.config import Config
+from study.data import Corpus
+from study.formats import bits
+from study.model import CharLM, sample
+from study.probes import ProbeResult, run_probes
+
+RESUME_HINT = "continue with --resume"
+
+
+class Pruned(Exception):  # noqa: N818 - a decision, not an error
+    """Raised by an epoch callback to stop a run early on purpose (a sweep's pruner)."""
+
+
+@dataclass
+class RunLabels:
+    """How a new run is named and tagged; `tags` must hold `config_hash`."""
+
+    name: str
+    tags: dict
+    parent_id: str | None = None
+    params: dict = field(default_factory=dict)  # logged besides the config (sweep.*)
+
+
+@dataclass
+class Outcome:
+    status: str  # "finished" | "failed" | "probes failed" | "pruned"
+    reason: str
+    run_id: str  # "" with tracking off
+    result: training.Result | None = None
+    probes: ProbeResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished"
+
+
+class _NoRun:
+    """Tracking off: a run's calls, without effect."""
+
+    run_id = ""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Path, *,
+            resume: bool = False, take_up: bool = True, progress: bool = True,
+            log_checkpoint: bool = True, resume_hint: str = RESUME_HINT,
+            on_epoch: Callable[[training.EpochReport], None] | None = None,
+            on_run: Callable[[str], None] | None = None) -> Outcome:
+    """Train `cfg` on `corpus` as one MLflow run of `store` (None: tracking off) and return
+    how it ended. take_up: an unfinished run with the same config_hash is this run
+    interrupted earlier (continued with `resume`, else marked KILLED and started anew).
+    on_run(run_id) is called once the run exists (to record it in a queue)."""
+    run, resuming = _open(store, cfg, corpus, labels, ckpt_dir, resume, take_up)
+    if on_run is not None and run.run_id:
+        on_run(run.run_id)
+    if not resuming:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    failed_probes: dict[str, str] = {}
+    title = f"{cfg.model.cell} on {corpus.name}"
+
+    def each_epoch(rep: training.EpochReport) -> None:
+        if rep.first:
+            run.set_tags(_run_tags(rep.model, rep.device))
+        run.log_metrics(rep.metrics, step=rep.epoch)
+        if cfg.train.sample_chars:
+            run.log_text(sample_text(rep.model, corpus, cfg.train.sample_chars,
+                                     cfg.train.seed + rep.epoch),
+                         f"samples/epoch_{rep.epoch:03d}.txt")
+        p = cfg.probes
+        if p.enabled and p.every and rep.epoch % p.every == 0:
+            pr = run_probes(rep.model, corpus, p, None, title, full=False)
+            run.log_metrics(pr.metrics, step=rep.epoch)
+            failed_probes.update({f"{k} (epoch {rep.epoch})": v for k, v in pr.failed.items()})
+        if on_epoch is not None:
+            on_epoch(rep)
+
+    try:
+        res = training.train(cfg, corpus, ckpt_dir, resume=resuming, progress=progress,
+                             on_epoch=each_epoch)
+        if res.status != "finished":
+            run.end("FAILED", res.reason)
+            return Outcome("failed", res.reason, run.run_id, res)
+        run.log_metrics({"test_nats_per_char": res.test, "test_bits_per_char": bits(res.test),
+                         "best_val_nats_per_char": res.best_val, "best_epoch": res.best_epoch,
+                         "epochs_trained": res.epochs})
+        probes = _final_probes(run, res, cfg, corpus, title) if cfg.probes.enabled else None
+        res.seconds = time.perf_counter() - t0  # the whole run: training, test and probes
+        run.log_metrics({"run_seconds": res.seconds})
+        run.set_tags(_run_tags(res.model, res.device))
+        failed_probes.update(probes.failed if probes is not None else {})
+        if log_checkpoint and (ckpt_dir / "best.pt").is_file():
+            run.log_artifact(ckpt_dir / "best.pt", "checkpoint")
+    except Pruned as e:
+        run.end("KILLED", str(e))
+        return Outcome("pruned", str(e), run.run_id)
+    except BaseException as e:
+        run.end_after(e, resume_hint)
+        raise
+    if failed_probes:
+        reason = ("probes failed after training (" + "; ".join(
+            f"{k}: {v}" for k, v in failed_probes.items()) + f"); fix, then {resume_hint}"
+            " to probe again without retraining")
+        run.end("FAILED", reason)
+        return Outcome("probes failed", reason, run.run_id, res, probes)
+    run.end("FINISHED")
+    return Outcome("finished", "", run.run_id, res, probes)
+
+
+def _open(store, cfg: Config, corpus: Corpus, labels: RunLabels, ckpt_dir: Path,
+          resume: bool, take_up: bool):
+    """The run to log to, and whether training resumes from a checkpoint."""
+    has_ckpt = (ckpt_dir / "last.pt").is_file()
+    if store is None:
+        return _NoRun(), resume and has_ckpt
+    prior = store.unfinished(labels.tags["config_hash"]) if take_up else None
+    if prior is not None and resume:
+        return store.resume(prior), has_ckpt
+    if prior is not None:
+        print(f"  an interrupted run of this configuration exists ({prior}); starting anew "
+              "(use --resume to continue it)", file=sys.stderr)
+        store.mark_killed(prior, "interrupted; superseded by a new run started without "
+                                 "--resume")
+    run = store.start(labels.name, {**labels.tags, "data_sha256": corpus.sha256},
+                      parent_id=labels.parent_id)
+    run.log_config(cfg)
+    if labels.params:
+        run.log_params(labels.params)
+    return run, False
+
+
+def _run_tags(model: CharLM, device) -> dict:
+    return {"device": str(device), "threads": str(torch.get_num_threads()),
+            "num_params": str(model.num_params())}
+
+
+def _final_probes(run, res: training.Result, cfg: Config, corpus: Corpus,
+                  title: str) -> ProbeResult:
+    """The probes of a trained run, logged to it; the error flow at initialisation uses
+    the same initial weights, rebuilt from the seed."""
+
+    def initial_model() -> CharLM:
+        training.seed_everything(cfg.train.seed)
+        return CharLM(corpus.vocab_size, cfg.model).to(res.device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "probes"
+        out.mkdir()
+        pr = run_probes(res.model, corpus, cfg.probes, out, title,
+                        init_model=initial_model if cfg.probes.error_flow else None)
+        log_probes(run, pr, out)
+    return pr
+
+
+def log_probes(run, pr: ProbeResult, out: Path | None) -> None:
+    """A full probe result onto its run: series, files, metrics and tags."""
+    if pr.series:
+        run.log_series(pr.series)
+    if out is not None and any(out.iterdir()):
+        run.log_artifacts(out, "probes")
+    if pr.metrics:
+        run.log_metrics(pr.metrics)
+    if pr.tags:
+        run.set_tags(pr.tags)
+
+
+def sample_text(model: CharLM, corpus: Corpus, n: int, seed: int) -> str:
+    """A sample from its own generator, so sampling never moves the training RNG."""
+    g = torch.Generator().manual_seed(seed)
+    prime = corpus.splits["val"][:50].long().to(next(model.parameters()).device)
+    ids = sample(model, prime, n, generator=g)
+    return f"[prime from val]\n{corpus.decode(prime)}\n[sample, temperature 1]\n" \
+           f"{corpus.decode(ids)}\n"
