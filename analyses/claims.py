@@ -7,108 +7,126 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
 
+from analyses import saturation
 from analyses.common import Section
 from analyses.error_flow import decay_rate
 from analyses.runs import Runs
+from analyses.seeds import ALPHA, MARGIN, UNIT, losses_by_seed, lower, mean_sd, rules
 from analyses.table1 import published
+from study.engine.cells import variants
 
-MARGIN = 0.02  # nats/char: with one seed, differences below this are not claimed
-LSTM_FAMILY = ["peephole", "lstm", "nfg", "nig", "nog", "niaf", "noaf", "cifg", "fgr",
-               "lstm1997", "hard", "binary"]
 REPRODUCED, NOT, NOT_RUN = "reproduced", "not reproduced", "not run"
 
 
 def _test_by(runs: Runs) -> pd.DataFrame:
-    df = runs.train
-    if df.empty:
-        return df
-    return df.assign(variant=df["tag.variant"], dataset=df["tag.dataset"],
-                     test=df.test_nats_per_char)
+    """One row per (dataset, variant, seed): the test loss in nats/char (analyses.seeds)."""
+    return losses_by_seed(runs.train)[0]
 
 
-def _better(a: pd.Series, b: pd.Series) -> bool | None:
-    """Is a's test loss clearly below b's? Welch's test with seeds, MARGIN without."""
-    if len(a) >= 2 and len(b) >= 2:
-        return a.mean() < b.mean() and stats.ttest_ind(a, b, equal_var=False).pvalue < 0.05
-    return a.mean() < b.mean() - MARGIN
+def _losses(d: pd.DataFrame, names) -> str:
+    return ", ".join(f"{v} {mean_sd(d[d.variant == v].test)}" for v in names)
 
 
 def c_lstm_gru_beat_rnn(runs, df):
-    rows, ok = [], []
+    rows, ok, verdicts = [], [], []
     for dataset, d in df.groupby("dataset") if len(df) else []:
         t = {v: d[d.variant == v].test for v in ("rnn", "lstm", "gru")}
         if any(len(x) == 0 for x in t.values()):
             continue
-        rows.append(f"{dataset}: rnn {t['rnn'].mean():.3f}, lstm {t['lstm'].mean():.3f}, "
-                    f"gru {t['gru'].mean():.3f}")
-        ok.append(_better(t["lstm"], t["rnn"]) and _better(t["gru"], t["rnn"]))
+        vs = [lower(t["lstm"], t["rnn"]), lower(t["gru"], t["rnn"])]
+        verdicts += vs
+        rows.append(f"{dataset}, {UNIT}: {_losses(d, ('rnn', 'lstm', 'gru'))}"
+                    + _p_text(("lstm vs rnn", "gru vs rnn"), vs))
+        ok.append(all(v.lower for v in vs))
     if not ok:
         return NOT_RUN, "needs rnn, lstm and gru runs on one corpus (configs/ablation.yaml)"
-    return (REPRODUCED if all(ok) else NOT), "; ".join(rows) + f" (margin {MARGIN})"
+    return (REPRODUCED if all(ok) else NOT), "; ".join(rows) + f" ({rules(verdicts)})"
+
+
+def _p_text(names, verdicts) -> str:
+    """' (Welch p: lstm vs rnn 0.003, gru vs rnn 0.04)' where a test was run."""
+    ps = [f"{n} {v.p:.3g}" for n, v in zip(names, verdicts, strict=True) if v.p == v.p]
+    return f" (Welch p: {', '.join(ps)})" if ps else ""
 
 
 def c_no_variant_beats_baseline(runs, df):
-    rows, beat = [], []
+    rows, beat, verdicts = [], [], []
     for dataset, d in df.groupby("dataset") if len(df) else []:
         base = d[d.variant == "peephole"].test
-        others = [v for v in d.variant.unique() if v in LSTM_FAMILY and v != "peephole"]
+        others = [v for v in variants("lstm") if v != "peephole" and v in set(d.variant)]
         if len(base) == 0 or not others:
             continue
-        better = [v for v in others if _better(d[d.variant == v].test, base)]
+        vs = {v: lower(d[d.variant == v].test, base) for v in others}
+        verdicts += vs.values()
+        better = [v for v, r in vs.items() if r.lower]
         beat += better
-        rows.append(f"{dataset}: baseline {base.mean():.3f}; clearly better: "
-                    f"{', '.join(better) or 'none'}")
+        rows.append(f"{dataset}, {UNIT}: baseline peephole {mean_sd(base)}, "
+                    f"{_losses(d, others)}; clearly better: {', '.join(better) or 'none'}"
+                    + _p_text(tuple(f"{v} vs peephole" for v in others), list(vs.values())))
     if not rows:
         return NOT_RUN, "needs the peephole baseline and other LSTM variants"
-    return (NOT if beat else REPRODUCED), "; ".join(rows) + f" (margin {MARGIN} or Welch p<0.05)"
+    return (NOT if beat else REPRODUCED), "; ".join(rows) + f" ({rules(verdicts)})"
 
 
 def c_nfg_noaf_hurt_most(runs, df):
     rows, ok = [], []
     for dataset, d in df.groupby("dataset") if len(df) else []:
-        fam = d[d.variant.isin(LSTM_FAMILY)].groupby("variant").test.mean().sort_values()
+        fam = d[d.variant.isin(variants("lstm"))].groupby("variant").test.mean().sort_values()
         named = [v for v in ("nfg", "noaf") if v in fam.index]
         if len(fam) < 3 or not named:
             continue
         worst = list(fam.index[-len(named):])
         ok.append(set(worst) == set(named))
-        rows.append(f"{dataset}: worst {', '.join(f'{v} {fam[v]:.3f}' for v in worst)} "
-                    f"of {len(fam)} LSTM variants")
+        rows.append(f"{dataset}, {UNIT}: worst {_losses(d, worst)} of {len(fam)} LSTM "
+                    "variants (by the mean over seeds)")
     if not ok:
         return NOT_RUN, "needs nfg (or noaf) and at least two other LSTM variants"
     return (REPRODUCED if all(ok) else NOT), "; ".join(rows)
 
 
 def c_np_costs_nothing(runs, df):
-    rows, ok = [], []
+    rows, ok, verdicts = [], [], []
     for dataset, d in df.groupby("dataset") if len(df) else []:
         a, b = d[d.variant == "lstm"].test, d[d.variant == "peephole"].test
         if len(a) == 0 or len(b) == 0:
             continue
-        ok.append(not _better(b, a))  # the peepholes do not clearly help
-        rows.append(f"{dataset}: lstm (no peepholes) {a.mean():.3f} vs peephole "
-                    f"{b.mean():.3f}")
+        v = lower(b, a)
+        verdicts.append(v)
+        ok.append(not v.lower)  # the peepholes do not clearly help
+        rows.append(f"{dataset}, {UNIT}: lstm (no peepholes) {mean_sd(a)} vs peephole "
+                    f"{mean_sd(b)}" + _p_text(("peephole vs lstm",), [v]))
     if not ok:
         return NOT_RUN, "needs lstm and peephole runs"
-    return (REPRODUCED if all(ok) else NOT), "; ".join(rows)
+    return (REPRODUCED if all(ok) else NOT), "; ".join(rows) + f" ({rules(verdicts)})"
 
 
-def _saturation(runs, df, variants=("lstm", "peephole")):
+def _saturation(runs, df, families=("lstm",)):
+    """The saturation tables of the runs (every seed) of the variant the saturation figure
+    shows for each family and corpus (analyses.saturation.shown)."""
     out = []
-    for _, r in df[df.variant.isin(variants)].iterrows() if len(df) else []:
-        t = runs.csv(r.run_id, "probes/saturation.csv")
-        if t is not None and len(t):
-            out.append((r, t))
+    for dataset in sorted(df.dataset.unique()) if len(df) else []:
+        for family in families:
+            row, _ = saturation.shown(runs, family, dataset)
+            if row is None:
+                continue
+            chosen = df[(df.dataset == dataset) & (df.variant == row["tag.variant"])]
+            for _, r in chosen.iterrows():
+                t = runs.csv(r.run_id, "probes/saturation.csv")
+                if t is not None and len(t):
+                    out.append((r, t))
     return out
+
+
+def _who(r) -> str:
+    return f"{r.dataset} {r.variant} seed {r.seed}"
 
 
 def c_forget_right(runs, df):
     found = _saturation(runs, df)
     if not found:
         return NOT_RUN, "needs lstm/peephole runs with probes"
-    rows = [f"{r.dataset} {r.variant}: {int(((t.gate == 'f') & (t.frac_right > 0.9)).sum())} "
+    rows = [f"{_who(r)}: {int(((t.gate == 'f') & (t.frac_right > 0.9)).sum())} "
             "forget units open > 90% of the time" for r, t in found]
     ok = any(((t.gate == "f") & (t.frac_right > 0.9)).any() for _, t in found)
     return (REPRODUCED if ok else NOT), "; ".join(rows)
@@ -123,29 +141,31 @@ def c_output_not_saturated(runs, df):
         o = t[t.gate == "o"]
         n = int(((o.frac_right > 0.9) | (o.frac_left > 0.9)).sum())
         ok &= n == 0
-        rows.append(f"{r.dataset} {r.variant}: {n} output units saturated > 90% of the time")
+        rows.append(f"{_who(r)}: {n} output units saturated > 90% of the time")
     return (REPRODUCED if ok else NOT), "; ".join(rows)
 
 
 def c_first_layer_diffuse(runs, df):
-    found = _saturation(runs, df, ("lstm", "peephole", "gru"))
+    found = _saturation(runs, df, ("lstm", "gru"))
     rows, ok = [], []
     for r, t in found:
         if t.layer.nunique() < 2:
             continue
         sat = (t.frac_left + t.frac_right).groupby(t.layer).mean()
         ok.append(sat.iloc[0] < sat.iloc[-1])
-        rows.append(f"{r.dataset} {r.variant}: mean saturated fraction by layer "
+        rows.append(f"{_who(r)}: mean saturated fraction by layer "
                     + ", ".join(f"L{i} {v:.2f}" for i, v in sat.items()))
     if not ok:
         return NOT_RUN, "needs multi-layer lstm/gru runs with probes"
     return (REPRODUCED if all(ok) else NOT), "; ".join(rows)
 
 
-def _best_unit(runs, df, dataset, concepts):
-    best = None
-    for _, r in df[(df.dataset == dataset) & df.variant.isin(LSTM_FAMILY)].iterrows() \
-            if len(df) else []:
+def _best_unit(runs, dataset, concepts):
+    """The best unit for these concepts over every finished LSTM-family run on a corpus."""
+    best, train = None, runs.train
+    lstms = train[(train["tag.dataset"] == dataset) & train["tag.variant"].isin(
+        variants("lstm"))] if len(train) else train
+    for _, r in lstms.iterrows():
         t = runs.csv(r.run_id, "probes/best_units.csv")
         if t is None:
             continue
@@ -157,13 +177,14 @@ def _best_unit(runs, df, dataset, concepts):
 
 
 def _unit_claim(runs, df, dataset, concepts, threshold, measure):
-    best = _best_unit(runs, df, dataset, concepts)
+    best = _best_unit(runs, dataset, concepts)
     if best is None:
         return NOT_RUN, f"needs {dataset} LSTM-family runs with probes"
     r, u = best
-    text = (f"best: {r.variant}, layer {u.layer} {u.state}[{u.unit}], {u.concept} "
-            f"{measure} {u.score:.3f} (threshold {threshold}); "
-            f"{int(r['param.model.num_layers'])}×{int(r['param.model.hidden_size'])}")
+    text = (f"best: {r['tag.variant']} seed {r.get('tag.seed', '?')}, layer {u.layer} "
+            f"{u.state}[{u.unit}], {u.concept} {measure} {u.score:.3f} (threshold "
+            f"{threshold}); {int(r['param.model.num_layers'])}×"
+            f"{int(r['param.model.hidden_size'])}")
     return (REPRODUCED if u.score >= threshold else NOT), text
 
 
@@ -172,19 +193,25 @@ def c_error_flow(runs, df):
     for dataset, d in df.groupby("dataset") if len(df) else []:
         rates = {}
         for v in ("rnn", "lstm"):
-            rr = d[d.variant == v]
-            if len(rr):
-                f = runs.csv(rr.iloc[0].run_id, "probes/error_flow.csv")
-                if f is not None:
+            found = []
+            for run_id in d[d.variant == v].run_id:
+                f = runs.csv(run_id, "probes/error_flow.csv")
+                if f is not None and len(f):
                     f = f[(f.when == "trained") & (f.state == "h") & (f.layer == f.layer.max())]
-                    rates[v] = decay_rate(f)
+                    found.append(decay_rate(f))
+            if found:
+                rates[v] = pd.Series(found, dtype=float)
         if len(rates) == 2:
-            ok.append(rates["rnn"] < rates["lstm"])
-            rows.append(f"{dataset}: log-decay per step through h, rnn {rates['rnn']:.4f} "
-                        f"vs lstm {rates['lstm']:.4f}")
+            ok.append(rates["rnn"].mean() < rates["lstm"].mean())
+            rows.append(f"{dataset}: change of log ‖dℓ_t/dh_(t−q)‖ per step q (top layer, "
+                        f"trained), rnn {_rate(rates['rnn'])} vs lstm {_rate(rates['lstm'])}")
     if not ok:
         return NOT_RUN, "needs rnn and lstm runs with probes"
     return (REPRODUCED if all(ok) else NOT), "; ".join(rows)
+
+
+def _rate(r: pd.Series) -> str:
+    return f"{r.mean():.4f}" + (f" (mean of {len(r)} seeds)" if len(r) > 1 else "")
 
 
 def _trials(runs):
@@ -203,9 +230,9 @@ def c_bptt_50(runs, df):
         if len(a) and len(b):
             gap = a.val_nats_per_char.min() - b.val_nats_per_char.min()
             return (REPRODUCED if gap < MARGIN else NOT), (
-                f"study {s.get('tag.study')}: best val with k2=50 "
+                f"study {s.get('tag.study')}, best val nats/char: k2=50 "
                 f"{a.val_nats_per_char.min():.3f} vs k2=100 {b.val_nats_per_char.min():.3f} "
-                f"(costs little: < {MARGIN})")
+                f"(costs little: less than {MARGIN} nats/char more)")
     return NOT_RUN, "needs a sweep with k2 = 50 and 100 (configs/sweep_bptt_clip.yaml)"
 
 
@@ -220,10 +247,12 @@ def c_clipping(runs, df):
         best_clip = clipped[clipped.state == "COMPLETE"].val_nats_per_char.min()
         ok.append(bool(diverged) or best_none != best_none or best_none > best_clip + MARGIN)
         rows.append(f"study {s.get('tag.study')}: without clipping {diverged} of {len(none)} "
-                    f"trials diverged, best {best_none:.3f}; with clipping best {best_clip:.3f}")
+                    f"trials diverged, best val {best_none:.3f} nats/char; with clipping best "
+                    f"val {best_clip:.3f} nats/char")
     if not ok:
         return NOT_RUN, "needs a sweep with and without clipping (configs/sweep_bptt_clip.yaml)"
-    return (REPRODUCED if all(ok) else NOT), "; ".join(rows) + f" (margin {MARGIN})"
+    return (REPRODUCED if all(ok) else NOT), "; ".join(rows) + (
+        f" (one sweep: a difference under {MARGIN} nats/char is not claimed)")
 
 
 def c_lr(runs, df):
@@ -272,7 +301,9 @@ def build(runs: Runs, out: Path) -> Section:
     counts = table.verdict.value_counts().to_dict()
     sec.text = (f"{counts.get(REPRODUCED, 0)} reproduced, {counts.get(NOT, 0)} not "
                 f"reproduced, {counts.get(NOT_RUN, 0)} not run. Verdicts are computed from "
-                f"the runs: loss differences below {MARGIN} nats/char are not claimed with one "
-                "seed (Welch's t-test, p < 0.05, with several); unit claims use the "
+                f"the runs. Losses are {UNIT}, mean ± sd over n seeds per variant and corpus "
+                f"(sweeps: val nats/char). With two or more seeds on both sides a variant is "
+                f"better or worse when Welch's t-test gives p < {ALPHA}; with one seed a "
+                f"difference under {MARGIN} nats/char is not claimed. Unit claims use the "
                 "thresholds shown.")
     return sec

@@ -1,4 +1,5 @@
-"""What every report section shares: its result type, the figure style, saving, tables."""
+"""What every report section shares: its result type, the figure style and saving, the
+variants' order and colours (from the cell registry). Tables are study.formats.markdown_table."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from study.engine.cells import variants  # noqa: E402
 
 COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
 
@@ -32,15 +35,26 @@ class Section:
     sources: list[str] = field(default_factory=list)  # run ids drawn from
 
 
-ORDER = ["peephole", "lstm", "gru", "rnn", "nfg", "hard", "cifg", "noaf", "nig", "nog",
-         "niaf", "fgr", "lstm1997", "binary"]
+NEUTRAL = (0.55, 0.55, 0.55)  # a variant the registry does not know (an old run's)
 
 
-def palette(variants) -> dict[str, tuple]:
-    """One colour per variant, the same in every figure (the ablation's six get the most
-    distinct ones)."""
-    colours = sns.color_palette("tab10") + sns.color_palette("Dark2")
-    return {v: colours[ORDER.index(v)] if v in ORDER else (0.3, 0.3, 0.3) for v in variants}
+def variant_order(names) -> list[str]:
+    """The variants in the registry's display order (study.engine.cells.CELLS); names it
+    does not know (old runs) last, alphabetically."""
+    known = variants()
+    names = set(names)
+    return [v for v in known if v in names] + sorted(n for n in names if n not in known)
+
+
+def palette(names) -> dict[str, tuple]:
+    """One colour per variant, the same in every figure: by its place in the registry (the
+    ablation's six, listed first there, get the most distinct ones); unknown names grey,
+    a colour no known variant gets."""
+    known = variants()
+    colours = [c for c in sns.color_palette("tab10") + sns.color_palette("Dark2")
+               if len(set(c)) > 1]  # the palettes' own greys are kept for NEUTRAL
+    return {v: colours[known.index(v) % len(colours)] if v in known else NEUTRAL
+            for v in names}
 
 
 def style() -> None:
@@ -57,18 +71,3 @@ def save(fig, out: Path, name: str, caption: str) -> Figure:
     fig.savefig(pdf, bbox_inches="tight")
     plt.close(fig)
     return Figure(png, pdf, caption)
-
-
-def markdown_table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
-    if df.empty:
-        return "_(no rows)_\n"
-    cols = [str(c) for c in df.columns]
-
-    def fmt(v):
-        if isinstance(v, float):
-            return "–" if v != v else floats.format(v)
-        return str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"

@@ -29,8 +29,9 @@ from datetime import date
 from pathlib import Path
 
 from analyses import claims, common, curves, error_flow, saturation, sweeps, table1, units, variants
-from analyses.common import Section, markdown_table
+from analyses.common import Section
 from analyses.runs import Runs
+from study.formats import markdown_table
 
 SECTIONS = [table1, variants, curves, saturation, units, error_flow, sweeps, claims]
 
@@ -209,7 +210,11 @@ def main(argv=None) -> int:
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    runs = Runs.load(uri, args.experiment or None, args.run_id or None, tags or None)
+    try:
+        runs = Runs.load(uri, args.experiment or None, args.run_id or None, tags or None)
+    except StoreError as e:  # e.g. a --run-id the store does not hold
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     missing = [e for e in args.experiment if e not in runs.experiments]
     if missing:
         print(f"error: no experiment named {', '.join(missing)} in {uri}", file=sys.stderr)

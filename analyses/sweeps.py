@@ -1,16 +1,14 @@
-"""From the Optuna studies: the BPTT × clipping heatmap, optimisation history and
-parameter importances, rebuilt from each study's logged trials."""
+"""From the Optuna studies: the optimisation history, BPTT × clipping heatmap and parameter
+importances, drawn from each study's logged trials by study.sweep.figures (the figures the
+study logs to its own run)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
-
-from analyses.common import COLUMN_WIDTH, Section, save
+from analyses.common import Section, save
 from analyses.runs import Runs
+from study.sweep.figures import bptt_clip_heatmap, history_plot, importance_bars
 
 
 def build(runs: Runs, out: Path) -> Section:
@@ -25,49 +23,26 @@ def build(runs: Runs, out: Path) -> Section:
         name = s.get("tag.study", s.run_name)
         sec.sources.append(s.run_id)
         done = trials[trials.state == "COMPLETE"]
-        fig, axes = plt.subplots(1, 2, figsize=(2 * COLUMN_WIDTH, 2.6))
-        for state, marker in (("COMPLETE", "o"), ("PRUNED", "v"), ("FAIL", "x")):
-            t = trials[trials.state == state]
-            y = t.val_nats_per_char if state == "COMPLETE" else t.last_reported_val
-            axes[0].scatter(t.trial, y, marker=marker, s=14, label=state.lower())
-        if len(done):
-            axes[0].step(done.trial, done.val_nats_per_char.cummin(), where="post",
-                         color="0.3", lw=1, label="best so far")
-        axes[0].set(xlabel="trial", ylabel="val loss (nats/char)", title=f"{name}: history")
-        axes[0].legend()
-        if len(done) and done.k2.nunique() > 1:
-            grid = done.pivot_table(index="clip", columns="k2", values="val_nats_per_char",
-                                    aggfunc="min")
-            if len(grid.columns) > 8:  # continuous k2 (TPE): bin it
-                d = done.assign(k2=pd.qcut(done.k2, 6, duplicates="drop").astype(str))
-                grid = d.pivot_table(index="clip", columns="k2", values="val_nats_per_char",
-                                     aggfunc="min")
-            if len(grid.index) > 10:
-                d = done.assign(clip=done["clip"].str.split(":").str[0])
-                grid = d.pivot_table(index="clip", columns="k2", values="val_nats_per_char",
-                                     aggfunc="min")
-            sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis_r", ax=axes[1],
-                        annot_kws={"fontsize": 6}, cbar_kws={"label": "nats/char"})
-            axes[1].set(xlabel="k2 (steps back-propagated)", ylabel="clipping",
-                        title="best val loss per cell")
-        else:
-            axes[1].set_axis_off()
-        fig.tight_layout()
-        sec.figures.append(save(fig, out, f"sweep_{name}", (
-            f"Study {name}: validation loss of each trial (pruned: last report) and, per "
-            "k2 × clipping cell, the best complete trial.")))
+        # the study's own figures (study.sweep.figures): the ones logged to its run
+        sec.figures.append(save(history_plot(trials), out, f"study_{name}_history", (
+            f"Study {name}: validation loss (nats/char, val split) of each trial (pruned: "
+            "its last report) and the best so far (the study's optimization_history.png).")))
+        heat = bptt_clip_heatmap(trials)
+        if heat is not None:
+            sec.figures.append(save(heat, out, f"study_{name}_heatmap", (
+                f"Study {name}: per k2 × clipping cell, the best complete trial's "
+                "validation loss (nats/char, val split); p: only pruned, ×: only diverged "
+                "trials (the study's bptt_clip_heatmap.png).")))
         imp = runs.csv(s.run_id, "study/importances.csv")
         if imp is not None and len(imp):
-            fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2))
-            sns.barplot(data=imp, y="param", x="importance", hue="method", ax=ax)
-            ax.set(xlabel="importance (share of variance)", ylabel="", title=f"{name}")
-            fig.tight_layout()
-            sec.figures.append(save(fig, out, f"importance_{name}",
-                                    f"Study {name}: parameter importances (PED-ANOVA, fANOVA)."))
+            sec.figures.append(save(importance_bars(imp), out, f"study_{name}_importances", (
+                f"Study {name}: parameter importances, share of the variance of the "
+                "validation loss (the study's importances.png).")))
             sec.tables[f"importance_{name}"] = imp
         best = done.nsmallest(5, "val_nats_per_char")[
             ["trial", "k2", "k1", "clip", "lr", "val_nats_per_char"]] if len(done) else done
-        sec.tables[f"best_{name}"] = best
+        sec.tables[f"best_{name}"] = best.rename(columns={"val_nats_per_char":
+                                                          "val nats/char"})
         counts = trials.state.value_counts().to_dict()
         sec.text += (f"**{name}**: {len(trials)} trials "
                      f"({', '.join(f'{v} {k.lower()}' for k, v in counts.items())}) in "

@@ -1,5 +1,6 @@
-"""Greff15-style comparison: test loss per variant and corpus, seeds as points, the
-baseline (peephole, Greff15's vanilla LSTM) marked, Welch's t-test where seeds allow."""
+"""Greff15-style comparison: test loss per variant and corpus, mean ± sd over seeds with
+one point per seed, the baseline (peephole, Greff15's vanilla LSTM) marked, and Welch's
+t-test against it where seeds allow (analyses.seeds: the rule the claims use too)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,41 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from scipy import stats
 
 from analyses.common import COLUMN_WIDTH, Section, palette, save
-from analyses.runs import Runs, nats_to_bits
+from analyses.runs import Runs
+from analyses.seeds import ALPHA, MARGIN, losses_by_seed, lower, summary
+from study.formats import bits
 
 BASELINE = "peephole"
+
+
+def table(losses: pd.DataFrame) -> pd.DataFrame:
+    """Per corpus and variant: n seeds, mean and sd of the test loss (nats/char), the mean
+    in bits/char, the difference to the baseline's mean and Welch's p against it."""
+    rows = []
+    for s in summary(losses).itertuples():
+        d = losses[losses.dataset == s.dataset]
+        base, own = d[d.variant == BASELINE].test, d[d.variant == s.variant].test
+        verdict = lower(own, base) if s.variant != BASELINE and len(base) else None
+        rows.append({"dataset": s.dataset, "variant": s.variant, "n seeds": s.n,
+                     "test nats/char mean": s.mean, "test nats/char sd": s.sd,
+                     "test bits/char mean": bits(s.mean),
+                     "vs baseline (test nats/char)": s.mean - base.mean() if len(base)
+                     else float("nan"),
+                     "Welch p vs baseline": verdict.p if verdict else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def shown(t: pd.DataFrame) -> pd.DataFrame:
+    """The table as the report prints it: mean ± sd in one column."""
+    pm = [f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f} ± –"
+          for m, s in zip(t["test nats/char mean"], t["test nats/char sd"], strict=True)]
+    return pd.DataFrame({"dataset": t.dataset, "variant": t.variant,
+                         "test nats/char, mean ± sd": pm, "n seeds": t["n seeds"],
+                         "test bits/char, mean": t["test bits/char mean"],
+                         "vs baseline (test nats/char)": t["vs baseline (test nats/char)"],
+                         "Welch p vs baseline": t["Welch p vs baseline"]})
 
 
 def build(runs: Runs, out: Path) -> Section:
@@ -23,33 +53,18 @@ def build(runs: Runs, out: Path) -> Section:
         sec.missing = "fewer than two variants finished: run `python -m study.run " \
                       "configs/ablation.yaml`"
         return sec
-    df = df.assign(variant=df["tag.variant"], dataset=df["tag.dataset"],
-                   test=df.test_nats_per_char)
-    # one size per comparison: the most common (layers, width) among the runs
-    size = df.groupby(["param.model.num_layers", "param.model.hidden_size"]).size().idxmax()
-    df = df[(df["param.model.num_layers"] == size[0]) & (df["param.model.hidden_size"] == size[1])]
-    rows = []
-    for (dataset, variant), g in df.groupby(["dataset", "variant"]):
-        base = df[(df.dataset == dataset) & (df.variant == BASELINE)].test
-        row = {"dataset": dataset, "variant": variant, "seeds": len(g),
-               "test nats/char": g.test.mean(), "test bits/char": nats_to_bits(g.test.mean()),
-               "vs baseline": g.test.mean() - base.mean() if len(base) else float("nan")}
-        if variant != BASELINE and len(g) >= 2 and len(base) >= 2:
-            row["Welch p"] = stats.ttest_ind(g.test, base, equal_var=False).pvalue
-        else:
-            row["Welch p"] = float("nan")
-        rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["dataset", "test nats/char"])
-    table.to_csv(out / "variants.csv", index=False)
-    sec.tables["variants"] = table
+    df, size = losses_by_seed(df)
+    t = table(df)
+    t.to_csv(out / "variants.csv", index=False)
+    sec.tables["variants"] = shown(t)
     sec.sources = list(df.run_id)
-    order = list(table.drop_duplicates("variant").sort_values("test nats/char").variant)
+    order = list(t.groupby("variant")["test nats/char mean"].mean().sort_values().index)
     datasets = sorted(df.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(COLUMN_WIDTH * len(datasets), 2.8),
                              squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         d = df[df.dataset == dataset]
-        sns.pointplot(data=d, x="variant", y="test", order=order, errorbar=("ci", 95),
+        sns.pointplot(data=d, x="variant", y="test", order=order, errorbar="sd",
                       linestyle="none", color="0.2", markers="_", ax=ax)
         sns.stripplot(data=d, x="variant", y="test", order=order, hue="variant",
                       palette=palette(order), size=5, ax=ax, legend=False)
@@ -73,18 +88,18 @@ def build(runs: Runs, out: Path) -> Section:
         ax.set(title=dataset, xlabel="", ylabel="test loss (nats/char)")
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    n_seeds = int(table.seeds.max())
+    n_seeds = int(t["n seeds"].max())
     sec.figures.append(save(fig, out, "variants", (
-        f"Test loss per variant ({int(size[0])}×{int(size[1])}), one point per seed"
-        + (", bars: 95% intervals" if n_seeds > 1 else " (one seed: no intervals)")
-        + f"; dashed: the {BASELINE} baseline; values off the scale are written at the "
-        "top.")))
+        f"Test loss (nats/char, test split) per variant ({size[0]}×{size[1]}), one point "
+        "per seed" + (", bars: mean ± sd over seeds" if n_seeds > 1 else
+                      " (one seed: no spread)")
+        + f"; dashed: the {BASELINE} baseline's mean; values off the scale are written at "
+        "the top.")))
     sec.text = (
-        "Test loss (nats/char) per variant; 'vs baseline' is the difference to the "
-        f"{BASELINE} LSTM (positive: worse). "
-        + ("Welch's t-test against the baseline where both have two or more seeds. "
-           if n_seeds > 1 else "With one seed per variant no significance test is "
-           "possible; differences of a few hundredths of a nat are within seed-to-seed "
-           "noise for models of this size. ")
-       )
+        f"Test loss in nats/char on the test split ({size[0]} layers × {size[1]} units), "
+        "mean ± sd (sample) over n seeds per variant and corpus (a seed run twice counts "
+        f"once); 'vs baseline' is the difference of the means to the {BASELINE} LSTM "
+        f"(positive: worse). Welch's t-test against the baseline where both have two or "
+        f"more seeds (a difference is claimed at p < {ALPHA}); with one seed no test is "
+        f"possible and a difference under {MARGIN} nats/char is not claimed.")
     return sec
