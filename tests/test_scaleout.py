@@ -244,13 +244,16 @@ def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_killed_worker(
             start_new_session=True)
     try:
         # both workers in the middle of a trial: its MLflow run made, an epoch reported
+        storage = []  # one, made once: each RDBStorage keeps its own pooled connections
+
         def training():
             # not before the command made the study: opening the storage creates the
             # schema, which must not race with the command's own creation
             if "counted so far" not in out.read_text(errors="replace"):
                 return None
+            storage[:] = storage or [optuna.storages.RDBStorage(optuna_url)]
             with contextlib.suppress(KeyError):
-                study = optuna.load_study(study_name="scaleout", storage=optuna_url)
+                study = optuna.load_study(study_name="scaleout", storage=storage[0])
                 busy = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                         if "mlflow_run_id" in t.user_attrs and t.intermediate_values]
                 if len({t.user_attrs["worker"] for t in busy}) == 2:
