@@ -20,12 +20,18 @@ from study.probes.layout import trace_rows  # noqa: E402
 LAYER_COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
-def _panels(ax: Axes | Sequence[Axes], n: int, what: str) -> list[Axes]:
-    """The axes given to draw `n` panels into: one Axes, or a sequence of them."""
+def _panels(ax: Axes | Sequence[Axes] | None, n: int, what: str,
+            size: tuple[float, float]) -> tuple:
+    """(figure, axes) to draw `n` panels into: a new row of n panels of `size` inches each
+    when ax is None, else the Axes given (one, or a sequence of them)."""
+    if ax is None:
+        fig, grid = plt.subplots(1, max(1, n), figsize=(size[0] * max(1, n), size[1]),
+                                 squeeze=False)
+        return fig, list(grid[0])
     axes = [ax] if isinstance(ax, Axes) else list(np.ravel(np.asarray(ax, dtype=object)))
     if len(axes) < n:
         raise ValueError(f"{n} {what} need {n} axes to draw into, got {len(axes)}")
-    return axes
+    return axes[0].figure, axes
 
 
 def _layer_colour(layer: int) -> str:
@@ -41,13 +47,7 @@ def saturation_scatter(table: pd.DataFrame, title: str, left: float, right: floa
     gate), each panel titled "`title`: <gate> gate" (and `note`), and leaves the layout
     to the caller. Returns the figure."""
     gates = list(dict.fromkeys(table["gate"]))
-    if ax is None:
-        fig, grid = plt.subplots(1, max(1, len(gates)),
-                                 figsize=(3.2 * max(1, len(gates)), 3.4), squeeze=False)
-        axes = list(grid[0])
-    else:
-        axes = _panels(ax, len(gates), "gates")
-        fig = axes[0].figure
+    fig, axes = _panels(ax, len(gates), "gates", (3.2, 3.4))
     for panel, gate in zip(axes, gates, strict=False):
         sub = table[table["gate"] == gate]
         for layer in sorted(sub["layer"].unique()):
@@ -104,13 +104,7 @@ def error_flow_plot(curves: pd.DataFrame, title: str,
     `title`. Otherwise draws into `ax` (an Axes, or one per state), each panel titled
     "`title`: through <state>", and leaves the layout to the caller. Returns the figure."""
     kinds = [k for k in ("h", "c") if k in set(curves["state"])]
-    if ax is None:
-        fig, grid = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.3),
-                                 squeeze=False)
-        axes = list(grid[0])
-    else:
-        axes = _panels(ax, len(kinds), "states")
-        fig = axes[0].figure
+    fig, axes = _panels(ax, len(kinds), "states", (4.2, 3.3))
     for panel, kind in zip(axes, kinds, strict=False):
         sub = curves[curves["state"] == kind]
         for (layer, when), pts in sub.groupby(["layer", "when"]):
