@@ -3,7 +3,6 @@ MLflow run gets (best trial, metrics, figures)."""
 
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from study.config import Config
+from study.formats import bits
 from study.sweep.space import clip_label
 
 
@@ -86,7 +86,7 @@ def summarise(study: optuna.Study, cfg: Config, parent, minutes: float) -> dict:
         print(f"best: trial {best.trial} — k2 {best.k2}, k1 {best.k1}, clip {best['clip']}"
               + (f", lr {best.lr:g}" if _given(best.lr) else "")
               + f": val {best.val_nats_per_char:.4f} nats/char "
-              f"({best.val_nats_per_char / math.log(2):.4f} bits/char)")
+              f"({bits(best.val_nats_per_char):.4f} bits/char)")
     if len(imp):
         for method, sub in imp.groupby("method"):
             print(f"{method} importance: " + ", ".join(
@@ -111,7 +111,7 @@ def summarise(study: optuna.Study, cfg: Config, parent, minutes: float) -> dict:
     tags = {}
     if best is not None:
         metrics["best_val_nats_per_char"] = best.val_nats_per_char
-        metrics["best_val_bits_per_char"] = best.val_nats_per_char / math.log(2)
+        metrics["best_val_bits_per_char"] = bits(best.val_nats_per_char)
         tags.update({"best_trial": int(best.trial), "best_run_id": best.mlflow_run_id,
                      "best_params": f"k2={best.k2} k1={best.k1} clip={best['clip']}"
                      + (f" lr={best.lr:g}" if _given(best.lr) else "")})
