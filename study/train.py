@@ -220,6 +220,78 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
     checkpoints are written; it may raise to stop the run (a sweep's pruner does, and so
     do the tests' fault injections): the exception propagates."""
     t = cfg.train
+    device, model, opt, x, y, schedule = _setup(cfg, corpus)
+    chars_per_epoch = sum(w.end - w.new for w in schedule) * t.batch_size
+    res = Result("running", num_params=model.num_params())
+    start_epoch, initial_loss, bad_epochs = 1, None, 0
+    last, best = (ckpt_dir / "last.pt", ckpt_dir / "best.pt") if ckpt_dir else (None, None)
+    if resume and last is not None and last.is_file():
+        start_epoch, initial_loss, bad_epochs = _restore(last, model, opt, res)
+
+    t0 = time.perf_counter() - sum(h["epoch_seconds"] for h in res.history)
+    stop_reason = ""
+    for epoch in range(start_epoch, t.epochs + 1):
+        if bad_epochs >= (t.patience or math.inf):
+            break
+        lr = lr_at(cfg, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        e0 = time.perf_counter()
+        bar = tqdm(total=chars_per_epoch, unit="char", unit_scale=True, leave=False,
+                   desc=f"{cfg.model.cell}/{corpus.name} epoch {epoch}/{t.epochs}",
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        try:
+            losses, norms, initial_loss = _updates(model, opt, x, y, schedule, cfg, epoch,
+                                                   initial_loss, bar)
+        except Diverged as e:
+            stop_reason = str(e)
+            break
+        finally:
+            bar.close()
+        train_seconds = time.perf_counter() - e0
+        val = evaluate(model, corpus.splits["val"], t.batch_size, t.eval_seq_len, device)
+        row = _row(epoch, losses, norms, val, lr, chars_per_epoch / train_seconds,
+                   time.perf_counter() - e0)
+        res.history.append(row)
+        if val < res.best_val or math.isnan(res.best_val):
+            res.best_val, res.best_epoch, bad_epochs = val, epoch, 0
+            if best is not None:
+                save_checkpoint(best, model=model.state_dict(), config=to_dict(cfg),
+                                vocab=corpus.vocab, epoch=epoch, val_nats_per_char=val)
+        else:
+            bad_epochs += 1
+        print(f"epoch {epoch:3d}  train {row['train_nats_per_char']:.4f}  val {val:.4f} "
+              f"nats/char ({bits(val):.4f} bits/char)  {row['train_chars_per_s']:,.0f} "
+              f"chars/s  {row['epoch_seconds']:.1f} s", file=sys.stderr)
+        if last is not None:
+            save_checkpoint(last, model=model.state_dict(), optimizer=opt.state_dict(),
+                            rng=rng_states(), config=to_dict(cfg), vocab=corpus.vocab,
+                            epoch=epoch, history=res.history, best_val=res.best_val,
+                            best_epoch=res.best_epoch, initial_loss=initial_loss,
+                            bad=bad_epochs)
+        if on_epoch is not None:
+            on_epoch(EpochReport(epoch, {k: v for k, v in row.items() if k != "epoch"},
+                                 model, device, first=epoch == start_epoch))
+
+    res.epochs, res.device = len(res.history), device
+    res.seconds = time.perf_counter() - t0
+    if stop_reason:
+        res.status, res.reason = "failed", stop_reason
+        return res
+    if best is not None and best.is_file():
+        model.load_state_dict(load_checkpoint(best, BEST_KEYS)["model"])
+    res.test = evaluate(model, corpus.splits["test"], t.batch_size, t.eval_seq_len, device,
+                        "test")
+    res.status, res.model = "finished", model
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _setup(cfg: Config, corpus: data.Corpus):
+    """Device, the seeded model and its optimizer, the train split's (L, B) grids and the
+    epoch's TBPTT windows."""
+    t = cfg.train
     device = pick_device(t.device)
     if t.threads is not None:
         torch.set_num_threads(t.threads)
@@ -231,98 +303,51 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
     x, y = (g.to(device) for g in data.streams(corpus.splits["train"], t.batch_size, "train"))
     schedule = data.windows(x.shape[0], k1, k2)
     data.check_epoch_size(len(schedule))
-    chars_per_epoch = sum(w.end - w.new for w in schedule) * t.batch_size
+    return device, model, opt, x, y, schedule
 
-    res = Result("running", num_params=model.num_params())
-    start_epoch, initial_loss, bad_epochs = 1, None, 0
-    last, best = (ckpt_dir / "last.pt", ckpt_dir / "best.pt") if ckpt_dir else (None, None)
-    if resume and last is not None and last.is_file():
-        ck = load_checkpoint(last, LAST_KEYS)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        set_rng_states(ck["rng"])
-        res.history, res.best_val, res.best_epoch = ck["history"], ck["best_val"], ck["best_epoch"]
-        start_epoch, initial_loss, bad_epochs = ck["epoch"] + 1, ck["initial_loss"], ck["bad"]
-        print(f"resuming from {last} after epoch {ck['epoch']}", file=sys.stderr)
 
-    t0 = time.perf_counter() - sum(h["epoch_seconds"] for h in res.history)
-    epoch = start_epoch - 1
-    stop_reason = ""
-    for epoch in range(start_epoch, t.epochs + 1):
-        if bad_epochs >= (t.patience or math.inf):
-            break
-        lr = lr_at(cfg, epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        model.train()
-        state, losses, norms = None, [], []
-        e0 = time.perf_counter()
-        bar = tqdm(total=chars_per_epoch, unit="char", unit_scale=True, leave=False,
-                   desc=f"{cfg.model.cell}/{corpus.name} epoch {epoch}/{t.epochs}",
-                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        try:
-            for w in schedule:
-                loss, norm, state = train_step(model, opt, x, y, state, w, cfg)
-                initial_loss = initial_loss if initial_loss is not None else loss
-                if not math.isfinite(loss):
-                    raise Diverged(f"loss became {loss} at epoch {epoch}")
-                if loss > t.divergence_factor * initial_loss:
-                    raise Diverged(f"loss {loss:.3f} nats/char exceeds {t.divergence_factor:g}"
-                                   f" × the initial {initial_loss:.3f} at epoch {epoch}")
-                state = detach_state(state)
-                losses.append(loss)
-                norms.append(norm)
-                bar.update((w.end - w.new) * t.batch_size)
-                if len(losses) % 10 == 0:
-                    bar.set_postfix_str(f"train {np.mean(losses[-10:]):.3f} nats/char")
-        except Diverged as e:
-            stop_reason = str(e)
-            break
-        finally:
-            bar.close()
-        train_seconds = time.perf_counter() - e0
-        val = evaluate(model, corpus.splits["val"], t.batch_size, t.eval_seq_len, device)
-        seconds = time.perf_counter() - e0
-        train_loss = float(np.mean(losses))
-        row = {"epoch": epoch, "train_nats_per_char": train_loss,
-               "train_bits_per_char": bits(train_loss), "val_nats_per_char": val,
-               "val_bits_per_char": bits(val), "lr": lr,
-               "grad_norm_preclip_mean": float(np.mean(norms)),
-               "grad_norm_preclip_max": float(np.max(norms)),
-               "train_chars_per_s": chars_per_epoch / train_seconds,
-               "epoch_seconds": seconds}
-        res.history.append(row)
-        if val < res.best_val or math.isnan(res.best_val):
-            res.best_val, res.best_epoch, bad_epochs = val, epoch, 0
-            if best is not None:
-                save_checkpoint(best, model=model.state_dict(), config=to_dict(cfg),
-                                vocab=corpus.vocab, epoch=epoch, val_nats_per_char=val)
-        else:
-            bad_epochs += 1
-        print(f"epoch {epoch:3d}  train {train_loss:.4f}  val {val:.4f} nats/char "
-              f"({bits(val):.4f} bits/char)  {chars_per_epoch / train_seconds:,.0f} chars/s  "
-              f"{seconds:.1f} s", file=sys.stderr)
-        if last is not None:
-            save_checkpoint(last, model=model.state_dict(), optimizer=opt.state_dict(),
-                            rng=rng_states(), config=to_dict(cfg), vocab=corpus.vocab,
-                            epoch=epoch, history=res.history, best_val=res.best_val,
-                            best_epoch=res.best_epoch, initial_loss=initial_loss,
-                            bad=bad_epochs)
-        if on_epoch is not None:
-            on_epoch(EpochReport(epoch, {k: v for k, v in row.items() if k != "epoch"},
-                                 model, device, first=epoch == start_epoch))
+def _restore(last: Path, model: CharLM, opt, res: Result) -> tuple[int, float, int]:
+    """Model, optimizer, RNGs and history from last.pt; (first epoch to train, the initial
+    loss, epochs without improvement)."""
+    ck = load_checkpoint(last, LAST_KEYS)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    set_rng_states(ck["rng"])
+    res.history, res.best_val, res.best_epoch = ck["history"], ck["best_val"], ck["best_epoch"]
+    print(f"resuming from {last} after epoch {ck['epoch']}", file=sys.stderr)
+    return ck["epoch"] + 1, ck["initial_loss"], ck["bad"]
 
-    res.epochs = len(res.history)
-    res.seconds = time.perf_counter() - t0
-    res.device = device
-    if stop_reason:
-        res.status, res.reason = "failed", stop_reason
-        return res
-    if best is not None and best.is_file():
-        model.load_state_dict(load_checkpoint(best, BEST_KEYS)["model"])
-    res.test = evaluate(model, corpus.splits["test"], t.batch_size, t.eval_seq_len, device,
-                        "test")
-    res.status = "finished"
-    res.model, res.device = model, device
-    res.seconds = time.perf_counter() - t0
-    return res
+
+def _updates(model, opt, x, y, schedule, cfg: Config, epoch: int, initial_loss, bar):
+    """One epoch's updates; (their losses, their pre-clip gradient norms, the run's initial
+    loss). Raises Diverged on a non-finite loss or one above divergence_factor × the
+    initial."""
+    t = cfg.train
+    state, losses, norms = None, [], []
+    for w in schedule:
+        loss, norm, state = train_step(model, opt, x, y, state, w, cfg)
+        initial_loss = initial_loss if initial_loss is not None else loss
+        if not math.isfinite(loss):
+            raise Diverged(f"loss became {loss} at epoch {epoch}")
+        if loss > t.divergence_factor * initial_loss:
+            raise Diverged(f"loss {loss:.3f} nats/char exceeds {t.divergence_factor:g}"
+                           f" × the initial {initial_loss:.3f} at epoch {epoch}")
+        state = detach_state(state)
+        losses.append(loss)
+        norms.append(norm)
+        bar.update((w.end - w.new) * t.batch_size)
+        if len(losses) % 10 == 0:
+            bar.set_postfix_str(f"train {np.mean(losses[-10:]):.3f} nats/char")
+    return losses, norms, initial_loss
+
+
+def _row(epoch: int, losses, norms, val: float, lr: float, chars_per_s: float,
+         seconds: float) -> dict:
+    """One epoch's row of the history: losses in nats/char and bits/char, and the rest."""
+    train_loss = float(np.mean(losses))
+    return {"epoch": epoch, "train_nats_per_char": train_loss,
+            "train_bits_per_char": bits(train_loss), "val_nats_per_char": val,
+            "val_bits_per_char": bits(val), "lr": lr,
+            "grad_norm_preclip_mean": float(np.mean(norms)),
+            "grad_norm_preclip_max": float(np.max(norms)),
+            "train_chars_per_s": chars_per_s, "epoch_seconds": seconds}
