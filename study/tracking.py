@@ -275,6 +275,11 @@ class Reader:
     def experiments(self) -> list[str]:
         return [e.name for e in self._client.search_experiments()]
 
+    def experiment_ids(self) -> dict[str, str]:
+        """{name: id} of the store's active experiments, oldest first."""
+        exps = self._client.search_experiments(order_by=["creation_time ASC"])
+        return {e.name: e.experiment_id for e in exps}
+
     def runs(self, experiments: list[str] | None = None, run_ids: list[str] | None = None,
              tags: dict[str, str] | None = None) -> list[RunRecord]:
         """The runs of these experiments (default: all) whose tags match, plus the runs
