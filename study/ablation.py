@@ -42,8 +42,9 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        extra = "".join(f"-{k.rsplit('.', 1)[-1]}{v}" for k, v in self.axes.items())
-        return f"{self.variant}-{self.dataset}{extra}-s{self.seed}"
+        """The run's name, as it reads in a chart legend: `peephole · warpeace · s0`."""
+        extra = "".join(f" · {k.rsplit('.', 1)[-1]}={v}" for k, v in self.axes.items())
+        return f"{self.variant} · {self.dataset}{extra} · s{self.seed}"
 
 
 def config_digest(cfg: Config) -> str:
@@ -72,7 +73,10 @@ def run_ablation(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus], *
     if cfg.tracking.enabled:
         from study import tracking
 
-        store = tracking.Store(cfg.tracking)  # experiment created here, before any run
+        store = tracking.Store(cfg.tracking, description=(  # created here, before any run
+            f"Runs of the study harness (ablation {cfg.name!r} first). A parent run per "
+            "ablation, a child per variant × dataset × seed; losses in nats/char and "
+            "bits/char under loss/."))
     queue = GridQueue(queue_url(cfg), cfg.tracking.experiment)
     with queue.lock():  # one parent and one job per configuration, however many commands
         parent = _parent(store, cfg, plan, force)
@@ -116,9 +120,21 @@ def _parent(store, cfg: Config, plan: list[RunSpec], force: bool):
                                     None)
     if prior is not None:
         return store.resume(prior.run_id)
-    parent = store.start(cfg.name, {"kind": "ablation", "config_hash": digest,
-                                    "mlflow.note.content": describe(cfg, plan)})
-    parent.log_config(cfg)
+    parent = store.start(cfg.name, {"kind": "ablation", "config_hash": digest},
+                         description=describe(cfg, plan))
+    a = cfg.ablation
+    # the parent's params: the grid, and the config its runs share (not what the grid sets)
+    swept = {"model.cell", "data.corpus", "train.seed", *a.grid} | (
+        {"model.hidden_size"} if a.match_params_to else set())
+    grid = {"ablation.variants": list(dict.fromkeys(p.variant for p in plan)),
+            "ablation.datasets": list(dict.fromkeys(p.dataset for p in plan)),
+            "ablation.seeds": list(dict.fromkeys(p.seed for p in plan)),
+            "ablation.runs": len(plan),
+            **{f"ablation.grid.{k}": v for k, v in a.grid.items()}}
+    if a.match_params_to:
+        grid["ablation.match_params_to"] = a.match_params_to
+    parent.log_config(cfg, sections=("data", "model", "train", "probes"), extra=grid,
+                      drop=swept)
     return parent
 
 

@@ -92,7 +92,10 @@ class TrackingConfig:
                           "sqlite:///<results_dir>/mlflow.db)")
     experiment: str = opt("study", "MLflow experiment name")
     results_dir: str = opt("results", "where the store, artifacts, checkpoints and caches go")
-    log_checkpoint: bool = opt(True, "log the best checkpoint as an MLflow artifact")
+    log_checkpoint: bool = opt(True, "log the best checkpoint as an MLflow artifact and as a "
+                               "logged MLflow model (PyTorch flavour)")
+    system_metrics_s: float = opt(10.0, "sample MLflow's system metrics (CPU, memory, GPU) "
+                                  "every this many seconds while training (0: off)", lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ class SweepConfig:
     grid_clip: list[str] = opt(["none", "norm:1", "norm:5", "value:1", "value:5"],
                                "grid sampler: none, or mode:threshold")
     grid_lr: list[float] = opt([], "grid sampler: learning rates (empty: train.lr)")
+    keep_checkpoints: bool = opt(True, "each trial logs its best checkpoint and model, so "
+                                 "that the best trial can be inspected")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
     python -m study.inspect RUN_ID --concept in_quotes      # the best units of one concept
     python -m study.inspect RUN_ID --unit 2:37 --text f.txt # one unit (layer:index[:c|h])
     python -m study.inspect RUN_ID [RUN_ID ...] --probe     # run the probes again, log them
+    python -m study.inspect models:/m-...                   # a logged model (its checkpoint)
 
 The model is rebuilt from the run's checkpoint artifact (its config and vocabulary travel
 with it); the text is the run's validation split unless --text names a UTF-8 file.
@@ -37,17 +38,24 @@ class RunError(RuntimeError):
 
 
 def load_run(run_id: str, tracking_uri: str | None = None):
-    """(model, config, vocabulary, uri) from a run's checkpoint/best.pt artifact.
+    """(model, config, vocabulary, uri, run id) from a run's checkpoint/best.pt artifact, or
+    from the checkpoint inside a logged model when run_id is `models:/<id>` (the run id
+    returned is then the run that logged it).
     Raises RunError (or study.tracking.StoreError) with a message for the user."""
     uri = tracking_uri or tracking.tracking_uri(config_mod.TrackingConfig())
     reader = tracking.Reader(uri)  # refuses a local store that is not there
-    try:
-        reader.run(run_id)
-    except tracking.RunNotFound as e:
-        raise RunError(str(e)) from None
     artifact = "checkpoint/best.pt"
     with tempfile.TemporaryDirectory() as tmp:  # the download goes when it is read
-        path = reader.download(run_id, artifact, tmp)
+        try:
+            if run_id.startswith("models:/"):
+                path, source_run = reader.model_checkpoint(run_id, tmp)
+                artifact = f"the checkpoint in {run_id}"
+                path = path if path.is_file() else None
+            else:
+                reader.run(run_id)
+                path, source_run = reader.download(run_id, artifact, tmp), run_id
+        except tracking.RunNotFound as e:
+            raise RunError(str(e)) from None
         if path is None:
             raise RunError(f"run {run_id}: no {artifact} artifact; is the run finished, and "
                            "was it run with tracking.log_checkpoint?")
@@ -60,7 +68,7 @@ def load_run(run_id: str, tracking_uri: str | None = None):
     model = CharLM(len(ck["vocab"]), cfg.model)
     model.load_state_dict(ck["model"])
     model.eval()
-    return model, cfg, Vocabulary(ck["vocab"]), uri
+    return model, cfg, Vocabulary(ck["vocab"]), uri, source_run
 
 
 def _load_run_or_say_why(run_id: str, tracking_uri: str | None):
@@ -97,7 +105,7 @@ def reprobe(run_ids: list[str], overrides: list[str], tracking_uri: str | None) 
         loaded = _load_run_or_say_why(run_id, tracking_uri)
         if loaded is None:
             return 2
-        model, cfg, _, uri = loaded
+        model, cfg, _, uri, run_id = loaded
         try:
             tree = config_mod.apply_overrides(config_mod.to_dict(cfg), overrides)
             cfg = config_mod.from_dict(tree, f"run {run_id}")
@@ -138,7 +146,8 @@ def _probe(run, model: CharLM, corpus, cfg):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.inspect", description=__doc__.split("\n")[0])
-    p.add_argument("run_id", nargs="+", help="MLflow run id(s); several only with --probe")
+    p.add_argument("run_id", nargs="+", help="MLflow run id(s), or a logged model's "
+                   "models:/<id>; several only with --probe")
     p.add_argument("--probe", action="store_true",
                    help="run the run's probes again (current concepts, --set probes.*) and "
                         "log them to the run, replacing the earlier ones")
@@ -164,7 +173,7 @@ def main(argv=None) -> int:
     loaded = _load_run_or_say_why(args.run_id, args.tracking_uri)
     if loaded is None:
         return 2
-    model, cfg, vocab, uri = loaded
+    model, cfg, vocab, uri, args.run_id = loaded
     try:
         if args.text:
             ids = vocab.encode(read_text(Path(args.text))[:args.chars])

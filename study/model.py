@@ -44,6 +44,13 @@ class RecurrentLayer(nn.Module):
     def recurrent_weights(self) -> Tensor:
         return self.R if self.R_mask is None else self.R * self.R_mask
 
+    def __getstate__(self):
+        """Pickled (a logged MLflow model) without the loaded kernels: they are handles
+        into this process's shared library, rebuilt on first use after loading."""
+        state = self.__dict__.copy()
+        state["_kernels"] = {}
+        return state
+
     def kernel(self, dtype: torch.dtype, device: torch.device):
         """The fused C step for this dtype and device, or None for the torch code."""
         key = (dtype, device.type, self.engine)

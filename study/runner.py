@@ -39,6 +39,7 @@ from study.data import Corpus
 from study.formats import bits
 from study.model import CharLM, sample
 from study.probes import ProbeResult, run_probes
+from study.probes.flow import decay_metrics
 
 RESUME_HINT = "continue with --resume"
 
@@ -54,7 +55,8 @@ class RunLabels:
     name: str
     tags: dict
     parent_id: str | None = None
-    params: dict = field(default_factory=dict)  # logged besides the config (sweep.*)
+    params: dict = field(default_factory=dict)  # logged besides the config
+    description: str = ""  # the run's one-line note (default: describe_run)
 
 
 @dataclass
@@ -100,7 +102,10 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
     def each_epoch(rep: training.EpochReport) -> None:
         if rep.first:
             run.set_tags(_run_tags(rep.model, rep.device))
-        run.log_metrics(rep.metrics, step=rep.epoch)
+        metrics = dict(rep.metrics)
+        if not _lr_varies(cfg):  # a constant is a param (train.lr), not a chart
+            metrics.pop("lr", None)
+        run.log_metrics(metrics, step=rep.epoch)
         if cfg.train.sample_chars:
             run.log_text(sample_text(rep.model, corpus, cfg.train.sample_chars,
                                      cfg.train.seed + rep.epoch),
@@ -114,8 +119,9 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
             on_epoch(rep)
 
     try:
-        res = training.train(cfg, corpus, ckpt_dir, resume=resuming, progress=progress,
-                             on_epoch=each_epoch)
+        with run.system_metrics(cfg.tracking.system_metrics_s):
+            res = training.train(cfg, corpus, ckpt_dir, resume=resuming, progress=progress,
+                                 on_epoch=each_epoch)
         if res.status != "finished":
             run.end("FAILED", res.reason)
             return Outcome("failed", res.reason, run.run_id, res)
@@ -129,6 +135,9 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
         failed_probes.update(probes.failed if probes is not None else {})
         if log_checkpoint and (ckpt_dir / "best.pt").is_file():
             run.log_artifact(ckpt_dir / "best.pt", "checkpoint")
+            run.log_model(res.model, ckpt_dir / "best.pt", corpus.vocab_size,
+                          f"{title}: the best epoch's weights ({res.best_epoch}), val "
+                          f"{res.best_val:.4f} nats/char")
     except Pruned as e:
         run.end("KILLED", str(e))
         return Outcome("pruned", str(e), run.run_id)
@@ -160,11 +169,28 @@ def _open(store, cfg: Config, corpus: Corpus, labels: RunLabels, ckpt_dir: Path,
         store.mark_killed(prior, "interrupted; superseded by a new run started without "
                                  "--resume")
     run = store.start(labels.name, {**labels.tags, "data_sha256": corpus.sha256},
-                      parent_id=labels.parent_id)
-    run.log_config(cfg)
-    if labels.params:
-        run.log_params(labels.params)
+                      parent_id=labels.parent_id,
+                      description=labels.description or describe_run(cfg, corpus))
+    # a training run's params: the sections that shape it (not the grid or sweep around it)
+    run.log_config(cfg, sections=("data", "model", "train", "probes"), extra=labels.params)
+    run.log_dataset(corpus.name, corpus.sha256, str(corpus.path), {
+        "chars": int(corpus.ids.numel()), "vocab_size": corpus.vocab_size,
+        **{f"{k}_chars": int(v.numel()) for k, v in corpus.splits.items()}})
     return run, False
+
+
+def describe_run(cfg: Config, corpus: Corpus) -> str:
+    """One line on what a training run is, for its note in the MLflow UI."""
+    m, t = cfg.model, cfg.train
+    return (f"{m.cell} on {corpus.name} ({corpus.ids.numel():,} chars, {corpus.vocab_size} "
+            f"symbols), seed {t.seed}: {m.num_layers}×{m.hidden_size} units, {t.optimizer} "
+            f"lr {t.lr:g}, batch {t.batch_size}, TBPTT k2 {t.seq_len}, clip {t.clip}, up to "
+            f"{t.epochs} epochs. Losses in nats/char and bits/char (loss/…), per split.")
+
+
+def _lr_varies(cfg: Config) -> bool:
+    t = cfg.train
+    return t.lr_decay != 1 and t.lr_decay_after < t.epochs
 
 
 def _run_tags(model: CharLM, device) -> dict:
@@ -191,9 +217,10 @@ def _final_probes(run, res: training.Result, cfg: Config, corpus: Corpus,
 
 
 def log_probes(run, pr: ProbeResult, out: Path | None) -> None:
-    """A full probe result onto its run: series, files, metrics and tags."""
+    """A full probe result onto its run: files, metrics (the error flow's curves over q
+    are a table and a figure among the files, summarised as metrics) and tags."""
     if pr.series:
-        run.log_series(pr.series)
+        run.log_metrics(decay_metrics(pr.series))
     if out is not None and any(out.iterdir()):
         run.log_artifacts(out, "probes")
     if pr.metrics:

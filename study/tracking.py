@@ -5,15 +5,27 @@ The embedded default store is SQLite at <results>/mlflow.db with artifacts under
 tracking server instead. Runs are written through MlflowClient with explicit run ids (no
 global "active run"), so parents, children and parallel workers never mix.
 
-Tags every training run carries: variant, dataset, seed, config_hash, git_commit, kind
+What a run shows in the MLflow UI:
+- metrics in sections that the UI draws as chart groups (`metric_key`): `loss/` (nats/char
+  and bits/char per split), `train/` (optimisation), `time/` (seconds, chars/s),
+  `saturation/`, `units/`, `errflow/`, and MLflow's own `system/` (CPU, memory, GPU);
+- params: the config sections that apply to the run (a training run: data, model, train,
+  probes; a parent: its grid and its own config), the whole config as `config.yaml`;
+- its corpus as a dataset input (name, digest, split sizes, vocabulary size);
+- the best checkpoint as a logged MLflow model (PyTorch flavour, with a signature);
+- MLflow's source tags (git commit, branch, dirty, entry point) and a one-line description.
+
+Tags every training run carries: variant, dataset, seed, config_hash, kind
 ("train" | "ablation" | "study" | "trial"), and failure_reason when it failed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +42,40 @@ from study.files import file_lock
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 # one progress bar per small artifact download drowns a command's own output
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# no usage reports from a research harness (and no network on many machines it runs on)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# the system-metrics monitor says "started" and "stopped" on every run, between our lines
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+
+# The section of each training quantity; the MLflow UI groups charts by the part before "/".
+_SECTION = {
+    **{f"{split}_{unit}": "loss" for split in ("train", "val", "test", "best_val")
+       for unit in ("nats_per_char", "bits_per_char")},
+    **dict.fromkeys(("lr", "grad_norm_preclip_mean", "grad_norm_preclip_max", "best_epoch",
+                     "epochs_trained"), "train"),
+    **dict.fromkeys(("epoch_seconds", "run_seconds", "probe_seconds", "train_chars_per_s"),
+                    "time"),
+}
+# the probes' dotted names: sat.L1.f.left_mean -> saturation/L1_f_left_mean
+_PROBE_SECTION = {"sat": "saturation", "unit": "units", "errflow": "errflow",
+                  "errflow_init": "errflow"}
+
+
+def metric_key(name: str) -> str:
+    """The MLflow name of a metric the harness computes: `<section>/<name>`."""
+    if name in _SECTION:
+        return f"{_SECTION[name]}/{name}"
+    head, _, rest = name.partition(".")
+    if head in _PROBE_SECTION and rest:
+        rest = ("init_" if head == "errflow_init" else "") + rest
+        return f"{_PROBE_SECTION[head]}/{rest.replace('.', '_')}"
+    return name
+
+
+def plain_key(key: str) -> str:
+    """The harness's own name of a loss, train or time metric read back from MLflow."""
+    section, _, name = key.partition("/")
+    return name if _SECTION.get(name) == section else key
 
 
 class StoreError(RuntimeError):
@@ -44,15 +90,40 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return f"sqlite:///{(Path(cfg.results_dir).resolve() / 'mlflow.db')}"
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=PROJECT_ROOT, text=True, capture_output=True,
+                          check=True).stdout.strip()
+
+
 def git_commit() -> str:
+    """HEAD's sha, with "-dirty" when tracked files have changed; "unknown" outside git."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, text=True,
-                             capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=PROJECT_ROOT, text=True, capture_output=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        return _git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags: what code made the run (commit, branch, whether the
+    work tree had uncommitted changes, remote) and how it was started (entry point)."""
+    entry = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name not in ("__main__", "multiprocessing.spawn"):
+        entry = f"python -m {spec.name.removesuffix('.__main__')}"
+    tags = {"mlflow.source.type": "LOCAL",
+            "mlflow.source.name": " ".join([entry, *sys.argv[1:]])[:500]}
+    commit = git_commit()
+    if commit == "unknown":
+        return tags
+    tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    tags["mlflow.source.git.dirty"] = str(commit.endswith("-dirty")).lower()
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        tags["mlflow.source.git.branch"] = _git("rev-parse", "--abbrev-ref", "HEAD")
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        tags["mlflow.source.git.repoURL"] = _git("remote", "get-url", "origin")
+    return tags
 
 
 def _local_path(uri: str) -> Path | None:
@@ -76,6 +147,27 @@ def require_store(uri: str) -> None:
 
 
 @contextlib.contextmanager
+def _fluent_target(uri: str, experiment_id: str):
+    """MLflow's global tracking URI and experiment set for the block (log_model has no
+    client form; without the experiment it logs the model into "Default"), then put back:
+    set for good, they would leak into every subprocess through the environment."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    exp_before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    try:
+        yield
+    finally:
+        if exp_before is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = exp_before
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        mlflow.set_tracking_uri(before)
+
+
+@contextlib.contextmanager
 def _creation_lock(uri: str):
     """Serialise the first open of a local SQLite store between processes: MLflow creates
     and migrates its schema on first use, and two processes doing it at once crash
@@ -89,7 +181,10 @@ class Store:
     """One experiment in one tracking store. Artifacts of a local store go next to it
     (<folder of mlflow.db>/mlartifacts/<experiment>), wherever the command runs."""
 
-    def __init__(self, cfg: TrackingConfig):
+    def __init__(self, cfg: TrackingConfig, description: str = ""):
+        """Open (or create, with `description` as its note) the experiment cfg.experiment.
+        MLflow's empty "Default" experiment is removed from the list: nothing is logged
+        there, and a new user would open it first."""
         self.uri = tracking_uri(cfg)
         local = _local_path(self.uri)
         artifacts = None
@@ -108,7 +203,19 @@ class Store:
                     exp = self._client.get_experiment_by_name(cfg.experiment)
             if exp is not None:
                 self.experiment_id = exp.experiment_id
+            elif description:
+                self._client.set_experiment_tag(self.experiment_id, "mlflow.note.content",
+                                                description)
+            self._hide_empty_default()
         self.name = cfg.experiment
+
+    def _hide_empty_default(self) -> None:
+        default = self._client.get_experiment("0") if self.uri.startswith("sqlite:") else None
+        if (default is not None and default.name == "Default"
+                and default.lifecycle_stage == "active"
+                and not self._client.search_runs(["0"], max_results=1,
+                                                 run_view_type=mlflow.entities.ViewType.ALL)):
+            self._client.delete_experiment("0")
 
     def find(self, **tags) -> list[RunRecord]:
         """Runs of this experiment whose tags match, newest first."""
@@ -150,12 +257,15 @@ class Store:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def start(self, name: str, tags: dict[str, Any], parent_id: str | None = None) -> RunTracker:
-        """A new run, tagged (git commit added), a child of parent_id if given."""
-        tags = {k: str(v) for k, v in tags.items()}
-        tags["git_commit"] = git_commit()
+    def start(self, name: str, tags: dict[str, Any], parent_id: str | None = None,
+              description: str = "") -> RunTracker:
+        """A new run, tagged (MLflow's source tags added; `description` as its note), a
+        child of parent_id if given."""
+        tags = {**source_tags(), **{k: str(v) for k, v in tags.items()}}
         if parent_id is not None:
             tags["mlflow.parentRunId"] = parent_id
+        if description:
+            tags["mlflow.note.content"] = description
         run = self._client.create_run(self.experiment_id, run_name=name, tags=tags)
         return RunTracker(self._client, run.info.run_id)
 
@@ -178,25 +288,89 @@ class RunTracker:
         for i in range(0, len(items), 100):
             self._client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def log_config(self, cfg: Config) -> None:
+    def log_config(self, cfg: Config, sections: tuple[str, ...] | None = None,
+                   extra: dict[str, Any] | None = None, drop: set[str] = frozenset()) -> None:
+        """The config's keys in `sections` (default: all) as params, less the dotted keys
+        in `drop` (those a grid or a sweep sets per run), plus `extra`; the whole config
+        as config.yaml."""
         import yaml
 
-        self.log_params(flatten(to_dict(cfg)))
+        tree = to_dict(cfg)
+        if sections is not None:
+            tree = {k: v for k, v in tree.items() if k in sections}
+        params = {k: v for k, v in flatten(tree).items() if k not in drop}
+        self.log_params({**params, **(extra or {})})
         self._client.log_text(self.run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False),
                              "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Metrics by the harness's names, logged under their sections (metric_key)."""
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        items = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
             self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
-    def log_series(self, points: list[tuple[str, float, int]]) -> None:
-        """Many (key, value, step) points in few requests."""
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v, step in points]
-        for i in range(0, len(items), 1000):
-            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
+    def log_dataset(self, name: str, sha256: str, source: str, profile: dict[str, Any],
+                    context: str = "training") -> None:
+        """The corpus as the run's dataset input. MLflow caps a digest at 36 characters
+        (MAX_DATASET_DIGEST_SIZE), so the digest is the sha256's first 36 hex digits and
+        the whole sha256 is in the profile (and the run's data_sha256 tag)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=sha256[:36], source_type="local", source=json.dumps(
+            {"uri": source}), profile=json.dumps({"sha256": sha256, **profile}))
+        self._client.log_inputs(self.run_id, datasets=[DatasetInput(
+            ds, tags=[InputTag("mlflow.data.context", context)])])
+
+    def log_model(self, model, checkpoint: Path, vocab_size: int, description: str) -> str:
+        """The trained model as an MLflow model of this run, PyTorch flavour: `mlflow.pytorch
+        .load_model(uri)` gives the CharLM (a pickle, so only load models you trust), and
+        the model folder also holds the weights-only checkpoint (extra_files/best.pt) that
+        study.inspect reads. Its signature: ids (T, B) int64 -> logits (T, B, V) float32.
+        Returns the model's URI (models:/<id>)."""
+        import mlflow.pytorch
+        import numpy as np
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        sig = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1), "ids")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, vocab_size), "logits")]))
+        pins = [f"torch=={__import__('torch').__version__.split('+')[0]}",
+                f"mlflow=={mlflow.__version__}"]
+        quiet = logging.getLogger("mlflow.pytorch")
+        level, quiet.level = quiet.level, logging.ERROR  # its pickle warning is said above
+        try:
+            experiment = self._client.get_run(self.run_id).info.experiment_id
+            with _fluent_target(self._client.tracking_uri, experiment):
+                info = mlflow.pytorch.log_model(
+                    model, name="model", signature=sig, run_id=self.run_id,
+                    serialization_format="pickle", pip_requirements=pins,
+                    extra_files=[str(checkpoint)],
+                    tags={"mlflow.note.content": description})
+        finally:
+            quiet.level = level
+        return info.model_uri
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval_s: float):
+        """MLflow's system metrics (system/cpu_utilization_percentage, memory, GPU where
+        present) sampled every interval_s seconds while the block runs; 0 turns them off."""
+        if interval_s <= 0:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s,
+                                       resume_logging=True,
+                                       tracking_uri=self._client.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
 
     def log_artifacts(self, folder: str | Path, name: str | None = None) -> None:
         self._client.log_artifacts(self.run_id, str(folder), name)
@@ -260,7 +434,8 @@ class RunRecord:
     end_ms: int | None
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)  # the last value of each
+    # the last value of each; loss, train and time metrics by the harness's names
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Reader:
@@ -303,9 +478,10 @@ class Reader:
         return self._record(self._get(run_id), names)
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
-        """Every (step, value, timestamp in ms) logged for a metric, by step."""
+        """Every (step, value, timestamp in ms) logged for a metric (the harness's name or
+        the logged one), by step."""
         return sorted((m.step, m.value, m.timestamp)
-                      for m in self._client.get_metric_history(run_id, key))
+                      for m in self._client.get_metric_history(run_id, metric_key(key)))
 
     def download(self, run_id: str, path: str, dst: str | Path) -> Path | None:
         """A run's artifact (file or folder) copied under dst; None if it has none."""
@@ -313,6 +489,20 @@ class Reader:
             return Path(self._client.download_artifacts(run_id, path, str(dst)))
         except (mlflow.exceptions.MlflowException, OSError):
             return None
+
+    def model_checkpoint(self, model: str, dst: str | Path) -> tuple[Path, str]:
+        """The weights-only checkpoint inside a logged model (`models:/<id>` or the id),
+        downloaded under dst, and the id of the run that logged it."""
+        model_id = model.removeprefix("models:/").strip("/")
+        try:
+            found = self._client.get_logged_model(model_id)
+            folder = mlflow.artifacts.download_artifacts(
+                artifact_uri=found.artifact_location, dst_path=str(dst),
+                tracking_uri=self.uri)
+        except mlflow.exceptions.MlflowException:
+            raise RunNotFound(f"no logged model {model_id} in the MLflow store at "
+                              f"{self.uri}") from None
+        return Path(folder) / "extra_files" / "best.pt", found.source_run_id
 
     def _get(self, run_id: str):
         try:
@@ -326,4 +516,5 @@ class Reader:
         i = r.info
         return RunRecord(i.run_id, i.run_name, names.get(i.experiment_id, i.experiment_id),
                          i.status, i.start_time, i.end_time, dict(r.data.tags),
-                         dict(r.data.params), dict(r.data.metrics))
+                         dict(r.data.params),
+                         {plain_key(k): v for k, v in r.data.metrics.items()})

@@ -77,7 +77,7 @@ def test_two_workers_complete_the_grid_once_each(tmp_path):
         assert c.data.tags["trial_state"] == "COMPLETE" and c.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_nats_per_char")]
         assert steps == [1, 2]
-        assert c.data.params["train.seq_len"] == c.data.params["trial.k2"]
+        assert c.data.params["train.seq_len"] == c.data.tags["k2"]
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/trials.csv", "study/optimization_history.png",
             "study/bptt_clip_heatmap.png"} <= arts

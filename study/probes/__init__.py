@@ -49,9 +49,9 @@ class ProbeResult:
     """What the probes of one model found, for the caller to log. Only probes that
     succeeded contribute."""
 
-    # sat.*, unit.<concept>.score/.layer/.unit, and probe_seconds (full only)
+    # sat.*, unit.<concept>.score, and probe_seconds (full only)
     metrics: dict[str, float] = field(default_factory=dict)
-    # (errflow[_init].<state>.L<layer>, mean gradient norm, step = q) (full only)
+    # (errflow[_init].<state>.L<layer>, mean gradient norm, q) (full only)
     series: list[tuple[str, float, int]] = field(default_factory=list)
     # unit.<concept> -> its best unit described (full only)
     tags: dict[str, str] = field(default_factory=dict)

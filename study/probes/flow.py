@@ -3,7 +3,8 @@ distance q, at initialisation and after training: the quantity behind the vanish
 argument (Hochreiter 1991/97, Pascanu13).
 
 Owns the measurement (`error_flow`) and the error-flow probe of a run (`error_flow_probe`:
-error_flow.csv, error_flow.png and the series errflow[_init].<state>.L<layer> against q).
+error_flow.csv, error_flow.png and the series errflow[_init].<state>.L<layer> against q,
+summarised by decay_metrics).
 The module is named flow, not error_flow, so that study.probes.error_flow stays the function.
 """
 
@@ -81,3 +82,22 @@ def error_flow_probe(model: CharLM, init_model: CharLM | Callable[[], CharLM] | 
         figures.plt.close(fig)
     return [(f"{'errflow' if r.when == 'trained' else 'errflow_init'}.{r.state}.L{r.layer}",
              r.grad_norm, r.q) for r in flow.itertuples()]
+
+
+DECAY_QS = (10, 50, 100)  # the distances whose decay is summarised as a metric
+
+
+def decay_metrics(series: list[tuple[str, float, int]]) -> dict[str, float]:
+    """The error flow's decay in a few numbers: for each curve (errflow[_init].<state>.
+    L<layer>), the mean gradient norm at q over that at q = 0, for q in DECAY_QS that the
+    curve reaches (key `<curve>.ratio_q<q>`). The whole curves are error_flow.csv."""
+    at: dict[str, dict[int, float]] = {}
+    for key, value, q in series:
+        at.setdefault(key, {})[q] = value
+    out = {}
+    for key, curve in at.items():
+        base = curve.get(0)
+        for q in DECAY_QS:
+            if base and q in curve:
+                out[f"{key}.ratio_q{q}"] = curve[q] / base
+    return out

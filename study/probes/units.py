@@ -94,17 +94,15 @@ def describe_unit(row) -> str:
 
 def units_probe(acts: Activations, cfg: ProbesConfig, folder: Path | None
                 ) -> tuple[dict[str, float], dict[str, str], pd.DataFrame]:
-    """The units' metrics (the best unit of each concept: unit.<concept>.score, .layer and
-    .unit), tags (unit.<concept>: that unit described) and all scores; with a folder, also
-    unit_scores.csv and best_units.csv."""
+    """The units' metrics (the best unit of each concept's score: unit.<concept>.score),
+    tags (which unit that is: unit.<concept>, described) and all scores; with a folder,
+    also unit_scores.csv and best_units.csv."""
     scores = unit_scores(acts, cfg.concepts or None)
     best = best_units(scores, 1)
     metrics, tags = {}, {}
     for _, row in best.iterrows():
         key = f"unit.{row['concept']}"
         metrics[f"{key}.score"] = row["score"]
-        metrics[f"{key}.layer"] = row["layer"]
-        metrics[f"{key}.unit"] = row["unit"]
         tags[key] = describe_unit(row)
     if folder is not None:
         scores.to_csv(folder / "unit_scores.csv", index=False)

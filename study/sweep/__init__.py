@@ -105,11 +105,11 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
         trial.set_user_attr("diverged", True)
         raise Diverged(twin.user_attrs.get("fail_reason", f"as trial {twin.number}"))
     child = trial_config(cfg, params)
-    labels = RunLabels(f"trial-{trial.number}", {
+    labels = RunLabels(trial_name(child, params), {
         "kind": "trial", "study": study.study_name, "trial_number": trial.number,
         "variant": child.model.cell, "dataset": child.data.corpus,
         "config_hash": config_mod.run_hash(child), "clip": clip_label(params),
-        "k2": params["k2"]}, parent_id, params={f"trial.{k}": v for k, v in params.items()})
+        "k2": params["k2"]}, parent_id)
     print(f"trial {trial.number}: k2={params['k2']} k1={child.train.k1} "
           f"clip={clip_label(params)} lr={child.train.lr:g}", file=sys.stderr)
 
@@ -134,7 +134,8 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
 
     try:
         out = run_one(child, corpus, store, labels, ckpt, take_up=False, progress=progress,
-                      log_checkpoint=False, resume_hint=RESUME_HINT, on_epoch=report,
+                      log_checkpoint=cfg.sweep.keep_checkpoints and cfg.tracking.log_checkpoint,
+                      resume_hint=RESUME_HINT, on_epoch=report,
                       on_run=noted)
     except BaseException:
         state("FAIL")
@@ -156,6 +157,16 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
     trial.set_user_attr("test_nats_per_char", res.test)
     state("COMPLETE")
     return res.history[-1]["val_nats_per_char"]
+
+
+def trial_name(child: Config, params: dict) -> str:
+    """A trial's run name, as it reads in a chart legend: `k2=50 · clip=norm:0.5`, with k1
+    when it is not k2 and the learning rate when it is searched."""
+    t = child.train
+    return " · ".join([f"k2={t.seq_len}", *([f"k1={t.k1}"] if t.k1 not in (None, t.seq_len)
+                                          else []),
+                       f"clip={clip_label(params)}",
+                       *([f"lr={t.lr:.3g}"] if "lr" in params else [])])
 
 
 def _twin(study, trial, params):
@@ -257,14 +268,20 @@ def run_sweep(cfg: Config, workers: int | None = None, progress: bool = True) ->
     if cfg.tracking.enabled:
         from study.tracking import Store
 
-        store = Store(cfg.tracking)
+        store = Store(cfg.tracking, description=(
+            f"Runs of the study harness (Optuna study {name!r} first). A parent run per "
+            "study, a child per trial; losses in nats/char and bits/char under loss/."))
         run_id = study.user_attrs.get("mlflow_parent_run_id")
         if run_id and store.has_run(run_id):
             parent = store.resume(run_id)
         else:
             parent = store.start(name, {"kind": "study", "study": name, "config_hash": digest,
-                                        "storage": url, "mlflow.note.content": _describe(cfg)})
-            parent.log_config(cfg)
+                                        "storage": url}, description=_describe(cfg))
+            # the study's params: its search space, and the config its trials share
+            swept = {"train.seq_len", "train.k1", "train.clip", "train.clip_value"} | (
+                {"train.lr"} if s.lr_min is not None or s.grid_lr else set())
+            parent.log_config(cfg, sections=("data", "model", "train", "probes", "sweep"),
+                              drop=swept)
             study.set_user_attr("mlflow_parent_run_id", parent.run_id)
     with ask_lock(url):
         recover(study, store)
