@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="folder for the traces (default results/inspect/RUN_ID)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default as study.run's)")
     p.add_argument("--log", action="store_true", help="also log the traces to the run")
-    p.add_argument("--open", action="store_true", help="open index.html in a browser")
+    p.add_argument("--open", action="store_true", help="open the trace page in a browser")
     args = p.parse_args(argv)
     if args.probe:
         return reprobe(args.run_id, args.set, args.tracking_uri)
@@ -200,10 +200,10 @@ def main(argv=None) -> int:
         pages = [page]
     else:
         scores = unit_scores(acts, [args.concept] if args.concept else None)
-        links = write_traces(acts, scores, out, probe_cfg, title)
+        links = write_traces(acts, scores, out / "traces", probe_cfg, title)
         for e in links:
             print(f"  {e['concept']:16s} #{e['rank']} {e['unit']}")
-        pages = [out / "index.html"]
+        pages = [out / "traces.html"]
     for page in pages:
         print(f"wrote {page}")
     if args.log:

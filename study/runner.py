@@ -118,10 +118,10 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
         if on_epoch is not None:
             on_epoch(rep)
 
+    run.watch_system(cfg.tracking.system_metrics_s)  # until the run ends
     try:
-        with run.system_metrics(cfg.tracking.system_metrics_s):
-            res = training.train(cfg, corpus, ckpt_dir, resume=resuming, progress=progress,
-                                 on_epoch=each_epoch)
+        res = training.train(cfg, corpus, ckpt_dir, resume=resuming, progress=progress,
+                             on_epoch=each_epoch)
         if res.status != "finished":
             run.end("FAILED", res.reason)
             return Outcome("failed", res.reason, run.run_id, res)

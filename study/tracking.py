@@ -280,6 +280,7 @@ class RunTracker:
 
     def __init__(self, client: MlflowClient, run_id: str):
         self._client, self.run_id = client, run_id
+        self._monitor = None
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -354,23 +355,17 @@ class RunTracker:
             quiet.level = level
         return info.model_uri
 
-    @contextlib.contextmanager
-    def system_metrics(self, interval_s: float):
-        """MLflow's system metrics (system/cpu_utilization_percentage, memory, GPU where
-        present) sampled every interval_s seconds while the block runs; 0 turns them off."""
-        if interval_s <= 0:
-            yield
+    def watch_system(self, interval_s: float) -> None:
+        """Sample MLflow's system metrics (system/cpu_utilization_percentage, memory, GPU
+        where present) every interval_s seconds until the run ends; 0 turns them off."""
+        if interval_s <= 0 or self._monitor is not None:
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s,
-                                       resume_logging=True,
-                                       tracking_uri=self._client.tracking_uri)
-        monitor.start()
-        try:
-            yield
-        finally:
-            monitor.finish()
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s,
+                                             resume_logging=True,
+                                             tracking_uri=self._client.tracking_uri)
+        self._monitor.start()
 
     def log_artifacts(self, folder: str | Path, name: str | None = None) -> None:
         self._client.log_artifacts(self.run_id, str(folder), name)
@@ -388,6 +383,9 @@ class RunTracker:
         return dict(self._client.get_run(self.run_id).data.tags)
 
     def end(self, status: str = FINISHED, reason: str = "") -> None:
+        if self._monitor is not None:  # its last samples go in before the run closes
+            self._monitor.finish()
+            self._monitor = None
         if reason:
             self.set_tags({"failure_reason": reason[:5000]})
         elif "failure_reason" in self._client.get_run(self.run_id).data.tags:

@@ -352,10 +352,10 @@ def _boom(*args, **kwargs):
 
 
 FILES = {"saturation.csv", "saturation.png", "unit_scores.csv", "best_units.csv",
-         "error_flow.csv", "error_flow.png", "traces/index.html", "traces/in_quotes_1.png"}
+         "error_flow.csv", "error_flow.png", "traces.html", "traces/in_quotes_1.png"}
 GATES = [f"sat.L1.{g}.{m}" for g in "ifo" for m in (
     "left_mean", "right_mean", "units_right_gt50pct", "units_right_gt90pct")]
-UNITS = [f"unit.{c}.{m}" for c in concepts.CONCEPTS for m in ("score", "layer", "unit")]
+UNITS = [f"unit.{c}.score" for c in concepts.CONCEPTS]  # which unit: a tag, not a metric
 
 
 def test_every_probe_succeeds_with_todays_metric_keys(tmp_path, capsys):
@@ -392,10 +392,12 @@ def test_probes_every_n_epochs_compute_metrics_and_write_nothing(tmp_path):
 def test_probing_again_replaces_the_files(tmp_path):
     out = tmp_path / "probes"
     _probe_one_run(out)
-    (out / "traces" / "in_quotes_1.html").write_text("stale")
+    (out / "traces.html").write_text("stale")
+    (out / "traces" / "index.html").write_text("stale")  # what earlier runs wrote
     before = written(out)
     assert _probe_one_run(out).ok
-    assert written(out) == before and "stale" not in (out / "traces/in_quotes_1.html").read_text()
+    assert written(out) == before - {"traces/index.html"}
+    assert "stale" not in (out / "traces.html").read_text()
 
 
 def test_a_failing_read_leaves_nothing_to_probe(tmp_path, monkeypatch):
@@ -406,11 +408,11 @@ def test_a_failing_read_leaves_nothing_to_probe(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("target,failed,lost", [
-    ("study.probes.figures.trace_png", "traces", {"traces/index.html", "traces/in_quotes_1.png"}),
+    ("study.probes.figures.trace_png", "traces", {"traces.html", "traces/in_quotes_1.png"}),
     ("study.probes.flow.error_flow", "error_flow", {"error_flow.csv", "error_flow.png"}),
     ("study.probes.figures.saturation_scatter", "saturation", {"saturation.csv", "saturation.png"}),
     ("study.probes.units.unit_scores", "units",  # and the traces, drawn from the units' scores
-     {"unit_scores.csv", "best_units.csv", "traces/index.html", "traces/in_quotes_1.png"}),
+     {"unit_scores.csv", "best_units.csv", "traces.html", "traces/in_quotes_1.png"}),
 ])
 def test_one_failing_probe_loses_only_its_own_outputs(tmp_path, monkeypatch, capsys, target,
                                                       failed, lost):

@@ -73,7 +73,7 @@ def test_smoke_runs_carry_the_probes(smoke):
         probes = {a.path for a in client.list_artifacts(c.info.run_id, "probes")}
         assert {"probes/saturation.csv", "probes/saturation.png", "probes/unit_scores.csv",
                 "probes/best_units.csv", "probes/error_flow.csv", "probes/error_flow.png",
-                "probes/traces"} <= probes, probes
+                "probes/traces", "probes/traces.html"} <= probes, probes
         traces = {a.path for a in client.list_artifacts(c.info.run_id, "probes/traces")}
         assert any(p.endswith(".png") for p in traces)
         m = c.data.metrics
@@ -104,9 +104,9 @@ def test_inspect_rerenders_traces_from_a_logged_run(smoke, tmp_path, capsys):
     rid = run_.info.run_id
     assert inspect.main([rid, "--tracking-uri", uri, "--out", str(tmp_path / "a"),
                          "--concept", "in_quotes", "--top", "2", "--chars", "3000"]) == 0
-    assert (tmp_path / "a" / "index.html").is_file()
-    assert sorted(p.name for p in (tmp_path / "a").glob("in_quotes_*.html")) == \
-        ["in_quotes_1.html", "in_quotes_2.html"]
+    assert (tmp_path / "a" / "traces.html").is_file()
+    assert sorted(p.name for p in (tmp_path / "a" / "traces").glob("in_quotes_*.png")) == \
+        ["in_quotes_1.png", "in_quotes_2.png"]
     text = tmp_path / "t.txt"
     text.write_text('"Well, Prince," said he.\nAnd so on.\n' * 20)
     assert inspect.main([rid, "--tracking-uri", uri, "--out", str(tmp_path / "b"),

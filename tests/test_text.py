@@ -190,9 +190,9 @@ def test_read_score_and_write_traces_on_any_text(text, streams, warmup):
     scores = probes.unit_scores(acts)
     assert set(scores.concept) == (set(CONCEPTS) if text else set())
     with tempfile.TemporaryDirectory() as tmp:
-        links = traces.write_traces(acts, scores, Path(tmp), cfg, "t", png=False)
-        assert (Path(tmp) / "index.html").is_file()
-        assert all((Path(tmp) / e["html"]).is_file() for e in links)
+        links = traces.write_traces(acts, scores, Path(tmp) / "traces", cfg, "t", png=False)
+        assert (Path(tmp) / "traces.html").is_file()
+        assert all(e["page"] == "traces.html" for e in links)
 
 
 class TinyCorpus:
@@ -212,5 +212,5 @@ def test_run_probes_on_very_short_and_unusual_text(text, tmp_path):
     assert res.ok and res.failed == {}
     assert "probe_seconds" in res.metrics
     files = {str(p.relative_to(out)) for p in out.rglob("*")}
-    assert {"saturation.csv", "unit_scores.csv", "error_flow.csv", "traces/index.html"} \
+    assert {"saturation.csv", "unit_scores.csv", "error_flow.csv", "traces.html"} \
         <= files
