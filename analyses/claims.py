@@ -1,6 +1,6 @@
 """The claims table: each published claim (analyses/published.yaml) with our evidence and a
-verdict — reproduced, not reproduced, or not run — computed from the runs with the
-threshold stated beside it, never written by hand."""
+verdict — reproduced, not reproduced, too small to judge, or not run — computed from the
+runs with the threshold stated beside it, never written by hand."""
 
 from __future__ import annotations
 
@@ -12,11 +12,24 @@ from analyses import saturation
 from analyses.common import Section
 from analyses.error_flow import decay_rate
 from analyses.runs import Runs
-from analyses.seeds import ALPHA, MARGIN, UNIT, losses_by_seed, lower, mean_sd, rules
+from analyses.seeds import ALPHA, MARGIN, UNIT, losses_by_seed, lower, mean_sd, rules, width
 from analyses.table1 import published
 from study.engine.cells import variants
 
 REPRODUCED, NOT, NOT_RUN = "reproduced", "not reproduced", "not run"
+TOO_SMALL = "too small to judge"
+
+# The least the runs behind a claim must have had for its verdict to count. Every claim is
+# about trained character models; a run below any of these (the smoke config: 2 epochs of
+# 20,000 characters at width 32, ending near 3-3.7 nats/char) has barely left the unigram
+# stage, so its loss differences, gates and units say how fast a cell starts, not what it
+# learns. Such a claim gets TOO_SMALL, with the verdict the check would give beside it.
+MIN_EPOCHS = 5  # configs/ablation.yaml's CPU budget, chosen there as the fewest epochs of a
+#                 full corpus that give the cells enough updates to differ (its 2×128 runs
+#                 end at 1.3-2.0 nats/char; 2 smoke epochs end above 3)
+MIN_WIDTH = 64  # Karpathy15's narrowest Table 1 row; Greff15's networks were wider still
+MIN_CORPUS_CHARS = 1_000_000  # a corpus cut by data.max_chars below this is a slice (War
+#                 and Peace has 3.2M characters, the Linux corpus 6.2M), not the corpus
 
 
 def _test_by(runs: Runs) -> pd.DataFrame:
@@ -268,6 +281,10 @@ def c_lr(runs, df):
     return NOT_RUN, "needs a study that searches lr (configs/sweep_tpe_lr.yaml)"
 
 
+_UNIT_CLAIMS = {"quote_cell": ("warpeace", ["in_quotes"]),
+                "line_cell": ("warpeace", ["line_position"]),
+                "code_cell": ("linux", ["in_comment", "in_string"])}
+
 CHECKS = {
     "lstm_gru_beat_rnn": c_lstm_gru_beat_rnn,
     "no_variant_beats_baseline": c_no_variant_beats_baseline,
@@ -276,15 +293,92 @@ CHECKS = {
     "forget_gates_right_saturated": c_forget_right,
     "output_gates_not_saturated": c_output_not_saturated,
     "first_layer_diffuse": c_first_layer_diffuse,
-    "quote_cell": lambda r, d: _unit_claim(r, d, "warpeace", ["in_quotes"], 0.9, "AUC"),
-    "line_cell": lambda r, d: _unit_claim(r, d, "warpeace", ["line_position"], 0.8, "|ρ|"),
-    "code_cell": lambda r, d: _unit_claim(r, d, "linux", ["in_comment", "in_string"], 0.9,
-                                          "AUC"),
+    "quote_cell": lambda r, d: _unit_claim(r, d, *_UNIT_CLAIMS["quote_cell"], 0.9, "AUC"),
+    "line_cell": lambda r, d: _unit_claim(r, d, *_UNIT_CLAIMS["line_cell"], 0.8, "|ρ|"),
+    "code_cell": lambda r, d: _unit_claim(r, d, *_UNIT_CLAIMS["code_cell"], 0.9, "AUC"),
     "error_flow_rnn_vanishes": c_error_flow,
     "bptt_50_costs_little": c_bptt_50,
     "clipping_needed": c_clipping,
     "lr_most_important": c_lr,
 }
+
+
+# the runs behind each claim ------------------------------------------------------------
+
+_LOSS_VARIANTS = {"lstm_gru_beat_rnn": ("rnn", "lstm", "gru"),
+                  "np_costs_nothing": ("lstm", "peephole"),
+                  "error_flow_rnn_vanishes": ("rnn", "lstm")}
+
+
+def _train_rows(runs, run_ids) -> pd.DataFrame:
+    train = runs.train
+    return train[train.run_id.isin(list(run_ids))] if len(train) else train
+
+
+def behind(claim_id: str, runs, df: pd.DataFrame) -> pd.DataFrame:
+    """The runs (rows of runs.train, or runs.studies for the sweep claims) a claim's check
+    draws its verdict from."""
+    if claim_id in ("bptt_50_costs_little", "clipping_needed", "lr_most_important"):
+        return pd.DataFrame([s for s, _ in _trials(runs)])
+    if claim_id in ("forget_gates_right_saturated", "output_gates_not_saturated",
+                    "first_layer_diffuse"):
+        families = ("lstm", "gru") if claim_id == "first_layer_diffuse" else ("lstm",)
+        return _train_rows(runs, [r.run_id for r, _ in _saturation(runs, df, families)])
+    if claim_id in _UNIT_CLAIMS:
+        dataset, concepts = _UNIT_CLAIMS[claim_id]
+        best = _best_unit(runs, dataset, concepts)
+        return _train_rows(runs, [best[0].run_id] if best else [])
+    if not len(df):
+        return _train_rows(runs, [])
+    names = _LOSS_VARIANTS.get(claim_id, variants("lstm"))
+    return _train_rows(runs, df[df.variant.isin(names)].run_id)
+
+
+def _number(rows: pd.DataFrame, column: str) -> pd.Series:
+    if column not in rows:
+        return pd.Series(float("nan"), index=rows.index)
+    return pd.to_numeric(rows[column], errors="coerce")
+
+
+def run_size(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per run: epochs trained (the logged epochs_trained, else the configured epochs),
+    width (seeds.width: the Table 1 row width, else the hidden size) and the corpus
+    characters it was cut to (data.max_chars; NaN: the whole corpus)."""
+    epochs = _number(rows, "epochs_trained").fillna(_number(rows, "param.train.epochs"))
+    w = width(rows) if "param.model.hidden_size" in rows else _number(rows, "_")
+    return pd.DataFrame({"epochs": epochs, "width": pd.to_numeric(w, errors="coerce"),
+                         "chars": _number(rows, "param.data.max_chars")}, index=rows.index)
+
+
+def _span(v: pd.Series, fmt="{:,.0f}") -> str:
+    lo, hi = v.min(), v.max()
+    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}–{fmt.format(hi)}"
+
+
+def too_small(rows: pd.DataFrame) -> str | None:
+    """Why the runs behind a claim are too small to judge it (the thresholds and what the
+    runs had), or None when every run is at least MIN_EPOCHS, MIN_WIDTH and
+    MIN_CORPUS_CHARS (a size not logged is not held against a run)."""
+    if rows is None or not len(rows):
+        return None
+    size = run_size(rows)
+    short = []
+    low = size.epochs < MIN_EPOCHS
+    if low.any():
+        short.append(f"{_span(size.epochs[low])} epochs trained (needs ≥ {MIN_EPOCHS})")
+    low_w = size.width < MIN_WIDTH
+    if low_w.any():
+        short.append(f"width {_span(size.width[low_w])} units (needs ≥ {MIN_WIDTH})")
+    low_c = size.chars < MIN_CORPUS_CHARS
+    if low_c.any():
+        short.append(f"only the first {_span(size.chars[low_c])} characters of the corpus "
+                     f"(needs ≥ {MIN_CORPUS_CHARS:,})")
+    if not short:
+        return None
+    bad = int((low | low_w | low_c).sum())
+    who = ("the run" if len(rows) == 1 else f"all {len(rows)} runs" if bad == len(rows)
+           else f"{bad} of the {len(rows)} runs")
+    return f"{who} behind it: " + "; ".join(short)
 
 
 def build(runs: Runs, out: Path) -> Section:
@@ -293,14 +387,29 @@ def build(runs: Runs, out: Path) -> Section:
     rows = []
     for claim in published()["claims"]:
         verdict, evidence = CHECKS[claim["id"]](runs, df)
+        why = too_small(behind(claim["id"], runs, df)) if verdict != NOT_RUN else None
+        if why:
+            evidence = (f"Runs below the stated size, {why}. At this size the check "
+                        f"would give '{verdict}': {evidence}")
+            verdict = TOO_SMALL
         rows.append({"claim": claim["text"], "source": claim["source"], "verdict": verdict,
                      "evidence": evidence})
     table = pd.DataFrame(rows)
     table.to_csv(out / "claims.csv", index=False)
     sec.tables["claims"] = table
+    sec.captions["claims"] = (
+        "Published claims and our verdicts; evidence in test nats/char (test split) for the "
+        "loss claims, val nats/char (validation split) for the sweeps")
     counts = table.verdict.value_counts().to_dict()
+    small = (f"{counts[TOO_SMALL]} too small to judge, " if counts.get(TOO_SMALL) else "")
     sec.text = (f"{counts.get(REPRODUCED, 0)} reproduced, {counts.get(NOT, 0)} not "
-                f"reproduced, {counts.get(NOT_RUN, 0)} not run. Verdicts are computed from "
+                f"reproduced, {small}{counts.get(NOT_RUN, 0)} not run. A claim is "
+                f"**{TOO_SMALL}** when a run behind it trained fewer than {MIN_EPOCHS} "
+                f"epochs, had fewer than {MIN_WIDTH} units per layer (row width) or saw "
+                f"less than {MIN_CORPUS_CHARS:,} characters of its corpus (data.max_chars): "
+                "such runs have barely begun to learn, so their differences say how fast a "
+                "cell starts, not what it learns; its evidence says what the runs had and "
+                "what the check would give. Verdicts are computed from "
                 f"the runs. Losses are {UNIT}, mean ± sd over n seeds per variant and corpus "
                 f"(sweeps: val nats/char). With two or more seeds on both sides a variant is "
                 f"better or worse when Welch's t-test gives p < {ALPHA}; with one seed a "

@@ -16,15 +16,34 @@ from analyses.runs import Runs
 from analyses.seeds import losses_by_seed
 from study.probes.figures import error_flow_plot
 
+Q1, Q2 = 1, 50  # the decay is measured between these distances back in time (steps)
 
-def decay_rate(curve: pd.DataFrame, q1: int = 1, q2: int = 50) -> float:
+
+def decay(curve: pd.DataFrame, q1: int = Q1, q2: int = Q2) -> tuple[float, int, str]:
+    """(rate, q_to, why): the mean change of log ‖·‖ per step from q1 to q_to, the largest q
+    measured up to q2 (a run whose probes stopped below q2: its last q); negative: the
+    error vanishes. The rate is NaN, and `why` says why, where it cannot be computed."""
+    c = curve.set_index("q").grad_norm.groupby(level=0).mean().sort_index() \
+        if len(curve) else pd.Series(dtype=float)
+    measured = [int(q) for q in c.index if q1 < q <= q2]
+    if q1 not in c.index or not measured:
+        top = int(c.index.max()) if len(c) else None
+        return float("nan"), top if top is not None else q1, (
+            "no q measured" if top is None else f"q measured only to {top}: needs q "
+            f"{q1} and a later one")
+    q_to = max(measured)
+    a, b = float(c[q1]), float(c[q_to])
+    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+        at = q1 if not (a > 0 and math.isfinite(a)) else q_to
+        return float("nan"), q_to, (f"gradient {c[at]:.3g} at q = {at} (vanished below "
+                                    "float precision, or not a number)")
+    return math.log(b / a) / (q_to - q1), q_to, ""
+
+
+def decay_rate(curve: pd.DataFrame, q1: int = Q1, q2: int = Q2) -> float:
     """Mean change of log ‖·‖ per step between q1 and q2, or the largest q measured if that
-    is smaller (negative: vanishing); NaN where the norm is 0 at either end."""
-    c = curve.set_index("q").grad_norm
-    q2 = min(q2, int(c.index.max())) if len(c) else q2
-    if q1 not in c or q2 not in c or q2 <= q1 or c[q1] <= 0 or c[q2] <= 0:
-        return float("nan")
-    return math.log(c[q2] / c[q1]) / (q2 - q1)
+    is smaller (negative: vanishing); NaN where it cannot be computed (decay says why)."""
+    return decay(curve, q1, q2)[0]
 
 
 def build(runs: Runs, out: Path) -> Section:
@@ -48,17 +67,14 @@ def build(runs: Runs, out: Path) -> Section:
     rates = []
     for (dataset, variant, _run, state, when), g in flow.groupby(
             ["dataset", "variant", "run_id", "state", "when"]):
-        top = g[g.layer == g.layer.max()]
+        rate, q_to, why = decay(g[g.layer == g.layer.max()])
         rates.append({"dataset": dataset, "variant": variant, "state": state, "when": when,
-                      "rate": decay_rate(top), "q to": min(50, int(top.q.max()))})
-    rates = pd.DataFrame(rates)
-    table = rates.groupby(["dataset", "variant", "state", "when", "q to"]).rate.agg(
-        ["mean", "std", "size"]).reset_index().rename(columns={
-            "mean": "log-decay per step (q 1→q to), mean", "std": "sd", "size": "n seeds"})
-    order = {v: i for i, v in enumerate(variant_order(table.variant))}
-    sec.tables["decay"] = table.sort_values(
-        ["dataset", "state", "when", "variant"],
-        key=lambda c: c.map(order) if c.name == "variant" else c).reset_index(drop=True)
+                      "rate": rate, "q to": q_to, "why": why})
+    sec.tables["decay"] = decay_table(pd.DataFrame(rates))
+    sec.captions["decay"] = (
+        f"Decay of the error flow: change of log ‖dℓ_t/dstate_(t−q)‖ per step back, q = "
+        f"{Q1} → 'q to' (at most {Q2}), top layer, ℓ in nats/char on validation text; mean "
+        "and sd over seeds")
     for dataset in sorted(flow.dataset.unique()):
         d = flow[flow.dataset == dataset]
         names = variant_order(d.variant.unique())
@@ -77,8 +93,39 @@ def build(runs: Runs, out: Path) -> Section:
             "earlier (h, and c for cells that carry one), log scale, colour = layer, after "
             "training (solid) and at initialisation (dashed), one run per variant (the "
             "figure of each run's probes/error_flow.png).")))
-    sec.text = ("The mean change of log ‖·‖ per step between q = 1 and q = 50 (or the largest "
-                "q measured, 'q to') through the top layer (negative: the error vanishes; 0: "
-                "it is carried unchanged), per run, then the mean and sd over seeds; – where "
-                "the gradient is 0 at either end.")
+    q_max = int(sec.tables["decay"]["q to"].max())
+    short = (f" These runs measured q only up to {q_max} (probes.error_flow_q), below "
+             f"{Q2}: their rate is over q = {Q1} … {q_max}, comparable between rows with the "
+             f"same 'q to' but not with rates over q = {Q1} … {Q2}." if q_max < Q2 else "")
+    sec.text = (f"The mean change of log ‖·‖ per step between q = {Q1} and q = {Q2}, or the "
+                "largest q measured if smaller ('q to'), through the top layer (negative: "
+                "the error vanishes; 0: it is carried unchanged), per run, then the mean and "
+                "sd over seeds." + short + " A '–' is explained in the row's 'why –' column: "
+                "sd needs two or more seeds; a rate needs a non-zero gradient at both ends.")
     return sec
+
+
+def decay_table(rates: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, variant, state, when, q to): the mean and sd over seeds of the decay
+    rate, n seeds, and 'why –': why a cell of the row is empty (one seed: no sd; a rate
+    that could not be computed, with decay's reason)."""
+    rows = []
+    for key, g in rates.groupby(["dataset", "variant", "state", "when", "q to"]):
+        ok = g.rate.dropna()
+        why = list(dict.fromkeys(w for w in g.why if w))
+        if len(ok) < 2:
+            why.append("one seed: no sd" if len(g) == 1 else
+                       f"{len(ok)} of {len(g)} seeds with a rate: no sd")
+        rows.append(dict(zip(["dataset", "variant", "state", "when", "q to"], key,
+                             strict=True)) | {
+            f"log-decay per step (q {Q1}→q to), mean": ok.mean() if len(ok) else
+            float("nan"),
+            "sd": ok.std(ddof=1) if len(ok) > 1 else float("nan"),
+            "n seeds": len(g), "why –": "; ".join(why)})
+    table = pd.DataFrame(rows)
+    if not table["why –"].astype(bool).any():
+        table = table.drop(columns="why –")
+    order = {v: i for i, v in enumerate(variant_order(table.variant))}
+    return table.sort_values(
+        ["dataset", "state", "when", "variant"],
+        key=lambda c: c.map(order) if c.name == "variant" else c).reset_index(drop=True)

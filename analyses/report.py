@@ -28,10 +28,11 @@ import traceback
 from datetime import date
 from pathlib import Path
 
+import pandas as pd
+
 from analyses import claims, common, curves, error_flow, saturation, sweeps, table1, units, variants
 from analyses.common import Section
 from analyses.runs import Runs
-from study.formats import markdown_table
 
 SECTIONS = [table1, variants, curves, saturation, units, error_flow, sweeps, claims]
 
@@ -76,7 +77,7 @@ def to_markdown(sections: list[Section], h: dict) -> str:
         if s.text:
             lines += [s.text, ""]
         for name, df in s.tables.items():
-            lines += [f"**{name}** ({name}.csv where written)", "", markdown_table(df), ""]
+            lines += [f"**{caption(s, name)}**", "", table_markdown(df), ""]
         for f in s.figures:
             lines += [f"![{f.caption}]({f.png.name})", "", f"_{f.caption}_ "
                       f"([PDF]({f.pdf.name}))", ""]
@@ -89,6 +90,68 @@ def _inline(text: str) -> str:
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+# captions for the tables of sections that do not set their own (Section.captions)
+CAPTIONS = {
+    "best_units": "The best unit per concept and corpus over all runs (score: AUC or "
+                  "|Spearman ρ|, on validation text; no loss in this table)",
+}
+HIGHLIGHT = {claims.TOO_SMALL: "warn"}  # cells the HTML marks so that a reader sees them
+
+
+def caption(section: Section, name: str) -> str:
+    """The caption printed above a table: the section's own, else a known one, else its
+    name made readable (never the bare identifier)."""
+    if section.captions.get(name):
+        return section.captions[name]
+    if name in CAPTIONS:
+        return CAPTIONS[name]
+    words = re.sub(r"[_\-]+", " ", name).strip()
+    return f"{section.title}: {words}" if words else section.title
+
+
+def _cell(v, floats: str = "{:.3f}") -> str:
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return "–"
+    if isinstance(v, float):
+        return floats.format(v)
+    return str(v)
+
+
+def table_markdown(df: pd.DataFrame) -> str:
+    """A GitHub markdown table: numbers (analyses.common.is_numeric, which includes
+    'mean ± sd' text) right-aligned, text left-aligned; NaN as '–'."""
+    if df.empty:
+        return "_(no rows)_\n"
+    numeric = [common.is_numeric(df[c]) for c in df.columns]
+    cell = lambda v: _cell(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(str(c) for c in df.columns) + " |",
+             "|" + "|".join(" ---: " if n else " :--- " for n in numeric) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def table_html(df: pd.DataFrame, title: str) -> str:
+    """An HTML table with its caption: numbers right-aligned, text (names, verdicts,
+    evidence) left-aligned, header cells aligned as their column; NaN as '–'."""
+    align = ["r" if common.is_numeric(df[c]) else "l" for c in df.columns]
+    head = "".join(f"<th class='{a}'>{html.escape(str(c))}</th>"
+                   for c, a in zip(df.columns, align, strict=True))
+    rows = []
+    for row in df.itertuples(index=False):
+        cells = []
+        for v, a in zip(row, align, strict=True):
+            text = _cell(v)
+            extra = f" {HIGHLIGHT[text]}" if text in HIGHLIGHT else ""
+            cells.append(f"<td class='{a}{extra}'>{_inline(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    if df.empty:
+        rows.append(f"<tr><td class='l' colspan='{max(1, len(align))}'><i>(no rows)</i>"
+                    "</td></tr>")
+    return (f"<div class='tw'><table class='t'><caption>{_inline(title)}</caption><thead>"
+            f"<tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def to_html(sections: list[Section], h: dict) -> str:
@@ -105,16 +168,19 @@ def to_html(sections: list[Section], h: dict) -> str:
         if s.text:
             body.append(f"<p>{_inline(s.text)}</p>")
         for name, df in s.tables.items():
-            body.append(f"<p><b>{html.escape(name)}</b></p>"
-                        + df.to_html(index=False, float_format=lambda v: f"{v:.3f}",
-                                     na_rep="–", border=0, classes="t"))
+            body.append(table_html(df, caption(s, name)))
         for f in s.figures:
             data = base64.b64encode(f.png.read_bytes()).decode()
             body.append(f"<figure><img src='data:image/png;base64,{data}' alt=''>"
                         f"<figcaption>{_inline(f.caption)}</figcaption></figure>")
     style = ("body{font-family:sans-serif;max-width:62em;margin:2em auto;padding:0 1em}"
              "img{max-width:100%}table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}"
-             ".t td,.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+             ".tw{overflow-x:auto;max-width:100%}"
+             "caption{caption-side:top;text-align:left;font-weight:bold;font-size:13px;"
+             "padding:.3em 0}"
+             ".t td,.t th{padding:2px 8px;border-bottom:1px solid #ddd;vertical-align:top}"
+             ".t .l{text-align:left}.t .r{text-align:right}.t td.r{white-space:nowrap}"
+             ".t .warn{background:#fde8c8;font-weight:bold}"
              "figcaption{font-size:13px;color:#444}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Study report</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")

@@ -16,6 +16,10 @@ from study.engine.cells import CELLS, variants
 from study.probes.figures import saturation_scatter
 from study.probes.saturation import saturation_note
 
+# inches per scatter panel: one panel is as wide as a paper column's square plot, so a row
+# of three (an LSTM's gates) stays readable when the report scales it to its page width
+PANEL = 0.8 * COLUMN_WIDTH
+
 
 def candidates(family: str) -> list[str]:
     """The variants the figure may show for a family, in order of preference: the one named
@@ -83,8 +87,7 @@ def build(runs: Runs, out: Path) -> Section:
     for dataset, found in drawn.items():
         cols = max(t.gate.nunique() for _, t in found)
         fig, axes = plt.subplots(len(found), cols, squeeze=False,
-                                 figsize=(0.75 * COLUMN_WIDTH * cols, 0.8 * COLUMN_WIDTH
-                                          * len(found)))
+                                 figsize=(PANEL * cols, 1.05 * PANEL * len(found)))
         limits, notes = set(), []
         for ax_row, (row, table) in zip(axes, found, strict=True):
             cfg = _thresholds(row)

@@ -39,10 +39,16 @@ def build(runs: Runs, out: Path) -> Section:
                 f"Study {name}: parameter importances, share of the variance of the "
                 "validation loss (the study's importances.png).")))
             sec.tables[f"importance_{name}"] = imp
+            sec.captions[f"importance_{name}"] = (
+                f"Study {name}: parameter importances, share of the variance of the "
+                "validation loss (nats/char, validation split)")
         best = done.nsmallest(5, "val_nats_per_char")[
             ["trial", "k2", "k1", "clip", "lr", "val_nats_per_char"]] if len(done) else done
         sec.tables[f"best_{name}"] = best.rename(columns={"val_nats_per_char":
                                                           "val nats/char"})
+        sec.captions[f"best_{name}"] = (
+            f"Study {name}: its five best complete trials by validation loss (nats/char, "
+            "validation split)")
         counts = trials.state.value_counts().to_dict()
         sec.text += (f"**{name}**: {len(trials)} trials "
                      f"({', '.join(f'{v} {k.lower()}' for k, v in counts.items())}) in "

@@ -57,6 +57,10 @@ def build(runs: Runs, out: Path) -> Section:
     t = table(df)
     t.to_csv(out / "variants.csv", index=False)
     sec.tables["variants"] = shown(t)
+    sec.captions["variants"] = (
+        f"Test loss per variant and corpus ({size[0]} layers × {size[1]} units): nats/char "
+        f"(and bits/char) on the test split, mean ± sd over seeds, and the difference to the "
+        f"{BASELINE} baseline with Welch's p")
     sec.sources = list(df.run_id)
     order = list(t.groupby("variant")["test nats/char mean"].mean().sort_values().index)
     datasets = sorted(df.dataset.unique())
@@ -84,10 +88,19 @@ def build(runs: Runs, out: Path) -> Section:
         base = d[d.variant == BASELINE].test.mean()
         if base == base:
             ax.axhline(base, color="0.5", ls="--", lw=0.8, label=f"{BASELINE} (baseline)")
-            ax.legend(loc="upper left")
         ax.set(title=dataset, xlabel="", ylabel="test loss (nats/char)")
         ax.tick_params(axis="x", rotation=45)
+    # the key sits below the panels, outside every axes, so that it hides no point
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
     fig.tight_layout()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=len(handles), frameon=False)
     n_seeds = int(t["n seeds"].max())
     sec.figures.append(save(fig, out, "variants", (
         f"Test loss (nats/char, test split) per variant ({size[0]}×{size[1]}), one point "

@@ -1,6 +1,8 @@
 """The report rebuilt from the smoke ablation's MLflow runs: every section's files, the
 tables' rows, what a missing input says, and selection."""
 
+import re
+
 import pandas as pd
 import yaml
 
@@ -36,7 +38,12 @@ def test_report_from_the_smoke_runs(smoke, tmp_path):
     assert v["Welch p vs baseline"].isna().all() and v["test nats/char mean"].notna().all()
     claims = pd.read_csv(out / "claims.csv")
     assert len(claims) == len(yaml.safe_load(PUBLISHED.read_text())["claims"])
-    assert set(claims.verdict) <= {"reproduced", "not reproduced", "not run"}
+    assert set(claims.verdict) <= {"reproduced", "not reproduced", "not run",
+                                   "too small to judge"}
+    # 2 epochs of 20,000 characters at width 32: every claim the runs bear on says so
+    assert set(claims.verdict) == {"not run", "too small to judge"}
+    assert claims[claims.verdict == "too small to judge"].evidence.str.contains(
+        "2 epochs trained (needs ≥ 5); width 32 units (needs ≥ 64)", regex=False).all()
     # rnn was not run: the claim that needs it says so
     by_claim = claims.set_index("claim")
     assert by_claim.loc["LSTM and GRU reach a lower test loss than the RNN",
@@ -53,6 +60,15 @@ def test_report_from_the_smoke_runs(smoke, tmp_path):
     assert "nats per character" in md and "## Claims" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6  # self-contained
+    # every table has a caption that says what it is (no bare identifier), text columns
+    # left-aligned, numbers right-aligned
+    captions = re.findall(r"<caption>(.*?)</caption>", html)
+    assert len(captions) == html.count("<table")
+    assert not [c for c in captions if re.fullmatch(r"\w+", c)]
+    assert all(("nats/char" in c or "bits/char" in c) for c in captions
+               if "unit per concept" not in c)
+    assert "<th class='l'>dataset</th>" in html and "<th class='r'>n seeds</th>" in html
+    assert "Decay of the error flow" in html and "only up to 40" in html
     reader = Reader(uri_of(smoke))
     (run,) = reader.runs(["report"])
     for name in ("report.md", "report.html", "variants.png"):

@@ -332,18 +332,11 @@ def test_write_traces_page_can_go_elsewhere_and_without_pngs(run_traces, tmp_pat
 # the PNG and its legend (drawn by study.probes.figures.trace_png)
 
 
-PENDING = not hasattr(figures, "trace_legend")
-pending = pytest.mark.xfail(
-    PENDING, strict=True, reason="study/probes/figures.py does not draw the PNG with "
-    "study.probes.layout.trace_colours and its legend yet (figures.py is the lead's)")
-
-
 def _axes(fig, label):
     [ax] = [a for a in fig.axes if a.get_label() == label]
     return ax
 
 
-@pending
 def test_png_cells_and_legend_use_the_palette():
     text = "ab c\tdé中😀<&>\n" * 3 + "x" * 90
     values = np.concatenate([np.linspace(-1, 1, len(text) - 1), [math.nan]])
@@ -380,7 +373,6 @@ def matplotlib_rgb(c):
     return to_rgb(c)
 
 
-@pending
 def test_rendered_png_pixels_have_the_palette_and_read(tmp_path):
     """The saved PNG itself: the pixel at the middle of a blank cell (a space) is the
     palette's background for its value, at ±1 and in between; the legend's ends too."""

@@ -15,9 +15,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
-from study.probes.layout import trace_rows  # noqa: E402
+from study.probes.layout import (  # noqa: E402
+    LEGEND_CAPTION,
+    LEGEND_VALUES,
+    trace_colours,
+    trace_rows,
+)
 
-LAYER_COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
+# One colour per layer, the same in every probe figure: Okabe & Ito's colour-blind-safe
+# palette without its pale entries (yellow, sky blue), which vanish on a white background;
+# each has a contrast ratio of at least 3:1 against white (tests/test_report.py checks it).
+LAYER_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#000000", "#8C564B"]
 
 
 def _panels(ax: Axes | Sequence[Axes] | None, n: int, what: str,
@@ -68,30 +76,50 @@ def saturation_scatter(table: pd.DataFrame, title: str, left: float, right: floa
     return fig
 
 
-def _rgb(v: float) -> tuple[float, float, float]:
-    """−1 red, 0 white, +1 blue (Karpathy15's cell figures); grey for not a number."""
-    if not np.isfinite(v):
-        return (0.85, 0.85, 0.85)
-    v = float(np.clip(v, -1, 1))
-    return (1.0, 1 + v, 1 + v) if v < 0 else (1 - v, 1 - v, 1.0)
+def _unit(rgb) -> tuple[float, float, float]:
+    """An sRGB 0–255 triple of study.probes.layout as matplotlib's 0–1 floats."""
+    return tuple(c / 255 for c in rgb)
+
+
+def trace_legend(ax: Axes) -> None:
+    """The traces' legend into `ax`: a swatch per study.probes.layout.LEGEND_VALUES (−1 and
+    +1 included), labelled with its value, each drawn with trace_colours like the cells,
+    and what the colours mean."""
+    n = len(LEGEND_VALUES)
+    ax.imshow(np.array([[_unit(trace_colours(v)[0]) for v in LEGEND_VALUES]]), aspect="auto",
+              interpolation="nearest", extent=(0, n, 1, 0))
+    for i, v in enumerate(LEGEND_VALUES):
+        ax.text(i + 0.5, 0.5, f"{v:+.1f}", ha="center", va="center", fontsize=6.5,
+                family="monospace", color=_unit(trace_colours(v)[1]))
+    ax.text(n + 0.3, 0.5, LEGEND_CAPTION, ha="left", va="center", fontsize=7,
+            transform=ax.transData, clip_on=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def trace_png(text: str, values: np.ndarray, title: str, width: int = 80):
     r"""The text as a grid of `width` columns, a character on each cell coloured by the
-    unit's value, laid out by study.probes.layout.trace_rows (long lines wrap, '\n' is '↵')."""
+    unit's value, laid out by study.probes.layout.trace_rows (long lines wrap, '\n' is '↵')
+    and coloured by its trace_colours (the HTML trace's palette: background and text), with
+    the legend below (axes labelled "trace legend")."""
     rows = trace_rows(text, values, width)
     n_rows = max(1, len(rows))
-    fig = plt.figure(figsize=(width * 0.11 + 0.4, n_rows * 0.2 + 0.7))
-    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.5 / (n_rows * 0.2 + 0.7)))
+    height = n_rows * 0.2 + 1.0  # title 0.5, legend strip 0.3 and margins (inches)
+    fig = plt.figure(figsize=(width * 0.11 + 0.4, height))
+    ax = fig.add_axes((0.01, 0.42 / height, 0.98, (n_rows * 0.2) / height), label="trace")
     img = np.ones((n_rows, width, 3))  # (row, column, RGB)
     for r, row in enumerate(rows):
         for c, (ch, v) in enumerate(row):
-            img[r, c] = _rgb(v)
+            background, colour = trace_colours(v)
+            img[r, c] = _unit(background)
             if not ch.isspace():
                 ax.text(c + 0.5, r + 0.5, ch, ha="center", va="center", fontsize=7,
-                        family="monospace", parse_math=False)
+                        family="monospace", parse_math=False, color=_unit(colour))
     ax.imshow(img, aspect="auto", interpolation="nearest", extent=(0, width, n_rows, 0))
     ax.set_axis_off()
+    key = fig.add_axes((0.01, 0.08 / height, 5 * 0.33 / (width * 0.11 + 0.4), 0.22 / height),
+                       label="trace legend")
+    trace_legend(key)
     fig.suptitle(title, fontsize=8, y=0.995)
     return fig
 
