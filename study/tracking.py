@@ -8,7 +8,8 @@ global "active run"), so parents, children and parallel workers never mix.
 What a run shows in the MLflow UI:
 - metrics in sections that the UI draws as chart groups (`metric_key`): `loss/` (nats/char
   and bits/char per split), `train/` (optimisation), `time/` (seconds, chars/s),
-  `saturation/`, `units/`, `errflow/`, and MLflow's own `system/` (CPU, memory, GPU);
+  `saturation/`, `units/`, `errflow/`, `study/` (a sweep's parent), and MLflow's own
+  `system/` (CPU, memory, GPU);
 - params: the config sections that apply to the run (a training run: data, model, train,
   probes; a parent: its grid and its own config), the whole config as `config.yaml`;
 - its corpus as a dataset input (name, digest, split sizes, vocabulary size);
@@ -53,12 +54,13 @@ _SECTION = {
        for unit in ("nats_per_char", "bits_per_char")},
     **dict.fromkeys(("lr", "grad_norm_preclip_mean", "grad_norm_preclip_max", "best_epoch",
                      "epochs_trained"), "train"),
-    **dict.fromkeys(("epoch_seconds", "run_seconds", "probe_seconds", "train_chars_per_s"),
-                    "time"),
+    **dict.fromkeys(("epoch_seconds", "run_seconds", "probe_seconds", "train_chars_per_s",
+                     "sweep_minutes"), "time"),
+    **dict.fromkeys(("trials_complete", "trials_pruned", "trials_failed"), "study"),
 }
 # the probes' dotted names: sat.L1.f.left_mean -> saturation/L1_f_left_mean
 _PROBE_SECTION = {"sat": "saturation", "unit": "units", "errflow": "errflow",
-                  "errflow_init": "errflow"}
+                  "errflow_init": "errflow", "importance": "study"}
 
 
 def metric_key(name: str) -> str:
@@ -67,7 +69,7 @@ def metric_key(name: str) -> str:
         return f"{_SECTION[name]}/{name}"
     head, _, rest = name.partition(".")
     if head in _PROBE_SECTION and rest:
-        rest = ("init_" if head == "errflow_init" else "") + rest
+        rest = {"errflow_init": "init_", "importance": "importance_"}.get(head, "") + rest
         return f"{_PROBE_SECTION[head]}/{rest.replace('.', '_')}"
     return name
 

@@ -58,8 +58,8 @@ def test_a_variant_defined_in_a_test_trains_probes_and_is_reported(niafcifg, tmp
     assert new.status == "FINISHED", new.tags.get("failure_reason")
     (lstm,) = reader.runs(["smoke"], tags={"kind": "train", "variant": "lstm"})
     assert new.metrics["test_nats_per_char"] < lstm.metrics["test_nats_per_char"] + 0.5
-    assert "sat.L1.i.right_mean" in new.metrics  # probed: the coupled f is read too
-    assert "sat.L1.f.right_mean" in new.metrics
+    assert "saturation/L1_i_right_mean" in new.metrics  # probed: the coupled f is read too
+    assert "saturation/L1_f_right_mean" in new.metrics
     assert reader.download(new.run_id, "probes/saturation.csv", tmp_path / "dl") is not None
 
     out = tmp_path / "report"

@@ -75,13 +75,22 @@ def test_two_workers_complete_the_grid_once_each(tmp_path):
     for c in children:
         assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert c.data.tags["trial_state"] == "COMPLETE" and c.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_nats_per_char")]
+        steps = [m.step for m in client.get_metric_history(c.info.run_id,
+                                                              "loss/val_nats_per_char")]
         assert steps == [1, 2]
         assert c.data.params["train.seq_len"] == c.data.tags["k2"]
+        assert not [k for k in c.data.params if k.startswith(("sweep.", "ablation."))]
+        # the legend names the trial by what it tried; its best weights are kept
+        assert c.info.run_name == f"k2={c.data.tags['k2']} · clip={c.data.tags['clip']}"
+        ck = {a.path for a in client.list_artifacts(c.info.run_id, "checkpoint")}
+        assert ck == {"checkpoint/best.pt"} and c.outputs.model_outputs
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/trials.csv", "study/optimization_history.png",
             "study/bptt_clip_heatmap.png"} <= arts
-    assert "best_val_nats_per_char" in parent.data.metrics
+    assert "loss/best_val_nats_per_char" in parent.data.metrics
+    assert parent.data.metrics["study/trials_complete"] == 4
+    p = parent.data.params  # the search space and the shared config, not one trial's values
+    assert p["sweep.grid_k2"] == "[8, 16]" and "train.seq_len" not in p
     assert parent.data.tags["best_params"].startswith("k2=")
     # the same command again: nothing left to do, nothing trained again
     assert run.main([str(cfg), "--no-progress"]) == 0

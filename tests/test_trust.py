@@ -297,7 +297,7 @@ def test_a_failing_probe_fails_the_run_visibly_and_resume_probes_again(tmp_path,
     client = client_for(results)
     arts = {a.path for a in client.list_artifacts(child.info.run_id, "probes")}
     assert "probes/saturation.csv" in arts and "probes/error_flow.csv" in arts  # the rest
-    assert "test_nats_per_char" in child.data.metrics  # training itself finished
+    assert "loss/test_nats_per_char" in child.data.metrics  # training itself finished
     (parent,) = runs_of(results, "ablation")
     assert parent.data.tags["failed_runs"] == "1"
     monkeypatch.undo()
@@ -306,7 +306,7 @@ def test_a_failing_probe_fails_the_run_visibly_and_resume_probes_again(tmp_path,
     (after,) = runs_of(results, "train")
     assert after.info.run_id == child.info.run_id and after.info.status == "FINISHED"
     assert "failure_reason" not in after.data.tags
-    assert len(client.get_metric_history(child.info.run_id, "val_nats_per_char")) == 1
+    assert len(client.get_metric_history(child.info.run_id, "loss/val_nats_per_char")) == 1
     assert any(a.path.endswith(".png") for a in
                client.list_artifacts(child.info.run_id, "probes/traces"))
 
