@@ -41,5 +41,5 @@ lint: $(STAMP)
 bench: $(STAMP)  ## throughput and memory of every cell against nn.LSTM / nn.GRU
 	$(BIN)/python -m study.bench $(ARGS)
 
-ui: $(STAMP)  ## browse the runs: http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db $(ARGS)
+ui: $(STAMP)  ## browse the runs: prints each experiment's link (http://127.0.0.2:5000/...)
+	$(BIN)/python -m study.ui $(ARGS)

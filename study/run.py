@@ -178,6 +178,8 @@ def _main(args) -> int:
             return 2
         print(f"\n{out['complete']} complete trials in {out['minutes']:.1f} min",
               file=sys.stderr)
+        if cfg.tracking.enabled:
+            where_to_browse(cfg)
         return 0
     if args.dry_run:
         print_plan(cfg, plan, corpora)
@@ -191,16 +193,27 @@ def _main(args) -> int:
     print_summary(rows)
     print(f"\n{len(rows)} runs in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
     if cfg.tracking.enabled:
-        from study.tracking import tracking_uri
-
-        print(f"MLflow: {tracking_uri(cfg.tracking)} (experiment {cfg.tracking.experiment!r});"
-              " browse with `make ui`", file=sys.stderr)
+        where_to_browse(cfg)
     failed = [r for r in rows if not ok(r)]
     if failed:
         print(f"{len(failed)} of {len(rows)} runs did not finish: "
               + "; ".join(f"{r['variant']} on {r['dataset']}: {r['status']}" for r in failed),
               file=sys.stderr)
     return 0 if not failed else 1
+
+
+def where_to_browse(cfg) -> None:
+    """The store, and the link to the experiment's runs table in the MLflow UI: on the
+    tracking server itself when the store is one, else on the UI `make ui` starts."""
+    from study import ui
+    from study.tracking import tracking_uri
+
+    uri = tracking_uri(cfg.tracking)
+    found = [e for e in ui.experiments(uri) if e.name == cfg.tracking.experiment]
+    remote = uri.startswith(("http://", "https://"))
+    print(f"MLflow: {uri}" + ("" if remote else "; browse with `make ui` (python -m "
+                              "study.ui), then open") + ":", file=sys.stderr)
+    ui.print_links(uri, uri if remote else ui.DEFAULT_BASE_URL, file=sys.stderr, found=found)
 
 
 if __name__ == "__main__":

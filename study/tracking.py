@@ -472,6 +472,14 @@ class Reader:
                 self._get(i) for i in run_ids if i not in have]
         return [self._record(r, names) for r in found]
 
+    def metric_names(self, experiment: str) -> set[str]:
+        """The metric names an experiment's runs logged, as logged (with their sections)."""
+        exp = self._client.get_experiment_by_name(experiment)
+        if exp is None:
+            return set()
+        runs = self._client.search_runs([exp.experiment_id], max_results=50000)
+        return {k for r in runs for k in r.data.metrics}
+
     def run(self, run_id: str) -> RunRecord:
         """One run by id; RunNotFound names the store when it is not there."""
         names = {e.experiment_id: e.name for e in self._client.search_experiments()}

@@ -87,7 +87,7 @@ def test_smoke_runs_carry_the_probes(smoke):
         for g in gates:
             assert 0 <= m[f"saturation/L1_{g}_left_mean"] <= 1
         # the error flow's curves over q are a table and a figure, summarised by ratios
-        assert 0 < m["errflow/h_L1_ratio_q10"] and 0 < m["errflow/init_h_L2_ratio_q10"]
+        assert m["errflow/h_L1_ratio_q10"] > 0 and m["errflow/init_h_L2_ratio_q10"] > 0
         assert len(client.get_metric_history(c.info.run_id, "errflow/h_L1_ratio_q10")) == 1
         assert c.data.tags["unit.line_position"].startswith("layer ")
 
@@ -104,9 +104,8 @@ def test_inspect_rerenders_traces_from_a_logged_run(smoke, tmp_path, capsys):
     rid = run_.info.run_id
     assert inspect.main([rid, "--tracking-uri", uri, "--out", str(tmp_path / "a"),
                          "--concept", "in_quotes", "--top", "2", "--chars", "3000"]) == 0
-    assert (tmp_path / "a" / "traces.html").is_file()
-    assert sorted(p.name for p in (tmp_path / "a" / "traces").glob("in_quotes_*.png")) == \
-        ["in_quotes_1.png", "in_quotes_2.png"]
+    page = (tmp_path / "a" / "traces.html").read_text(encoding="utf-8")
+    assert "in_quotes #1:" in page and "in_quotes #2:" in page and "in_quotes #3" not in page
     text = tmp_path / "t.txt"
     text.write_text('"Well, Prince," said he.\nAnd so on.\n' * 20)
     assert inspect.main([rid, "--tracking-uri", uri, "--out", str(tmp_path / "b"),
