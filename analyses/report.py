@@ -232,10 +232,12 @@ def log_report(runs: Runs, files: list[Path], h: dict, sections: list[Section],
     from study.config import TrackingConfig
     from study.tracking import Store
 
-    store = Store(TrackingConfig(experiment="report", uri=runs.uri))
+    store = Store(TrackingConfig(experiment="report", uri=runs.uri), description=(
+        "The reports of `python -m analyses.report`: one run per report, report.html and "
+        "its figures and tables as artifacts."))
     tracker = store.start(f"report-{h['date']}", {
-        "kind": "report", "experiments": h["experiments"], "selection": h["selection"],
-        "mlflow.note.content": f"Report over {h['runs']} runs ({h['experiments']})."})
+        "kind": "report", "experiments": h["experiments"], "selection": h["selection"]},
+        description=f"Report over {h['runs']} runs ({h['experiments']}).")
     with tempfile.TemporaryDirectory() as tmp:  # only the report's own files
         for f in files:
             shutil.copy2(f, tmp)
