@@ -213,7 +213,9 @@ def where_to_browse(cfg) -> None:
     remote = uri.startswith(("http://", "https://"))
     print(f"MLflow: {uri}" + ("" if remote else "; browse with `make ui` (python -m "
                               "study.ui), then open") + ":", file=sys.stderr)
-    ui.print_links(uri, uri if remote else ui.DEFAULT_BASE_URL, file=sys.stderr, found=found)
+    # a tracking server this harness did not start has no shared view of the losses
+    ui.print_links(uri, uri if remote else ui.DEFAULT_BASE_URL, file=sys.stderr, found=found,
+                   shared_view=not remote)
 
 
 if __name__ == "__main__":

@@ -133,12 +133,13 @@ def view_state(sort_by: str | None = "loss/test_nats_per_char") -> dict:
     return state
 
 
-def runs_link(base_url: str, experiment_id: str) -> str:
+def runs_link(base_url: str, experiment_id: str, shared_view: bool = True) -> str:
     """The link that opens an experiment on its runs table in MLflow's model-training mode,
     through the shared view `install_views` writes (sorted by test loss, loss columns
-    shown). Without that view the UI says the share key does not exist."""
-    query = urllib.parse.urlencode({"workflowType": "machine_learning",
-                                    "viewStateShareKey": VIEW_KEY})
+    shown; without that view the UI says the share key does not exist), or without it
+    (shared_view=False: a server this module did not start)."""
+    query = urllib.parse.urlencode({"workflowType": "machine_learning"} | (
+        {"viewStateShareKey": VIEW_KEY} if shared_view else {}))
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
@@ -203,7 +204,7 @@ def _experiments_in_child(uri: str | None) -> tuple[str, list[Experiment]]:
 
 
 def print_links(uri: str, base_url: str = DEFAULT_BASE_URL, file: TextIO = sys.stdout,
-                found: list[Experiment] | None = None) -> None:
+                found: list[Experiment] | None = None, shared_view: bool = True) -> None:
     """One line per experiment: its name, its number of runs and the link to its runs."""
     found = experiments(uri) if found is None else found
     if not found:
@@ -212,8 +213,8 @@ def print_links(uri: str, base_url: str = DEFAULT_BASE_URL, file: TextIO = sys.s
     width = max(len(e.name) for e in found)
     for e in found:
         runs = f"{e.runs} run{'s' * (e.runs != 1)}"
-        print(f"  {e.name:<{width}}  {runs:>9}  {runs_link(base_url, e.experiment_id)}",
-              file=file)
+        link = runs_link(base_url, e.experiment_id, shared_view)
+        print(f"  {e.name:<{width}}  {runs:>9}  {link}", file=file)
 
 
 def install_views(base_url: str, found: list[Experiment]) -> None:

@@ -159,7 +159,7 @@ def test_resume_after_a_hard_kill_ends_with_the_same_weights(tmp_path):
             if r.data.tags.get("kind") == "train"]
     assert [r.info.run_id for r in runs] == [child.info.run_id]  # the same MLflow run
     assert runs[0].info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_nats_per_char")]
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss/val_nats_per_char")]
     assert steps == [1, 2, 3]
 
     def last_weights(results):
@@ -247,7 +247,8 @@ def test_grid_and_matched_widths_make_karpathy15s_rows():
         assert abs(n - n_ref) / n_ref < 0.03, (cell, L, H, n, n_ref)
     # an RNN layer has one block, an LSTM layer four: about twice as wide
     assert by[("warpeace", "rnn", 2, 512)].cfg.model.hidden_size > 900
-    assert by[("warpeace", "rnn", 2, 512)].name.startswith("rnn-warpeace-num_layers2-")
+    assert by[("warpeace", "rnn", 2, 512)].name == \
+        "rnn · warpeace · num_layers=2 · hidden_size=512 · s0"
 
 
 def test_probes_can_run_again_on_a_logged_run(smoke):
@@ -258,14 +259,14 @@ def test_probes_can_run_again_on_a_logged_run(smoke):
     r = client.search_runs([exp.experiment_id], "tags.kind = 'train' and tags.variant = 'gru'"
                            " and tags.dataset = 'warpeace'")[0]
     uri = tracking_uri(TrackingConfig(results_dir=str(smoke)))
-    before = client.get_metric_history(r.info.run_id, "probe_seconds")
+    before = client.get_metric_history(r.info.run_id, "time/probe_seconds")
     files = {a.path for a in client.list_artifacts(r.info.run_id, "probes/traces")}
     assert inspect.main([r.info.run_id, "--probe", "--tracking-uri", uri,
                          "--set", "probes.gru_update=charrnn"]) == 0
     after = client.get_run(r.info.run_id)
     # the same text, so the same concepts: the traces are replaced, not added to
     assert {a.path for a in client.list_artifacts(r.info.run_id, "probes/traces")} == files
-    assert len(client.get_metric_history(r.info.run_id, "probe_seconds")) == len(before) + 1
+    assert len(client.get_metric_history(r.info.run_id, "time/probe_seconds")) == len(before) + 1
     assert "saturation/L1_z_left_mean" in after.data.metrics  # char-rnn's update gate this time
     with pytest.raises(SystemExit, match="only probes"):
         inspect.main([r.info.run_id, "--probe", "--tracking-uri", uri, "--set",
