@@ -3,7 +3,7 @@ opening on the runs.
 
 Prints one link per experiment, then runs `mlflow ui` in the foreground (Ctrl-C stops it).
 `print_links` is what `study.run` prints at its end; `start()` runs the same server in the
-background for the tests. This module does not import mlflow (study/tracking.py does): it
+background for the tests. This module does not import mlflow (study/tracking/ does): it
 reads the store through `study.tracking.Reader`, starts the venv's `mlflow` command, and
 talks to the server over its REST API.
 

@@ -1,7 +1,7 @@
 """The architecture, checked: heavy dependencies stay at the edges and no module of the
 harness imports itself back.
 
-- mlflow only in study/tracking.py; optuna only in study/sweep/; seaborn only in analyses/.
+- mlflow only in study/tracking/; optuna only in study/sweep/; seaborn only in analyses/.
 - No import circle between the harness's modules, counting every import statement (at
   module level or inside a function: a lazy import that closes a circle is a circle).
 """
@@ -63,7 +63,7 @@ def test_the_graph_sees_every_module():
 
 
 @pytest.mark.parametrize("library,allowed", [
-    ("mlflow", lambda m: m == "study.tracking"),
+    ("mlflow", lambda m: m == "study.tracking" or m.startswith("study.tracking.")),
     ("optuna", lambda m: m == "study.sweep" or m.startswith("study.sweep.")),
     ("seaborn", lambda m: m == "analyses" or m.startswith("analyses.")),
 ])

@@ -1,34 +1,12 @@
-"""The MLflow side: the only module that imports mlflow.
-
-The embedded default store is SQLite at <results>/mlflow.db with artifacts under
-<results>/mlartifacts; `tracking.uri` in the config or $MLFLOW_TRACKING_URI points it at a
-tracking server instead. Runs are written through MlflowClient with explicit run ids (no
-global "active run"), so parents, children and parallel workers never mix.
-
-What a run shows in the MLflow UI:
-- metrics in sections that the UI draws as chart groups (`metric_key`): `loss/` (nats/char
-  and bits/char per split), `train/` (optimisation), `time/` (seconds, chars/s),
-  `saturation/`, `units/`, `errflow/`, `study/` (a sweep's parent), and MLflow's own
-  `system/` (CPU, memory, GPU);
-- params: the config sections that apply to the run (a training run: data, model, train,
-  probes; a parent: its grid and its own config), the whole config as `config.yaml`;
-- its corpus as a dataset input (name, digest, split sizes, vocabulary size);
-- the best checkpoint as a logged MLflow model (PyTorch flavour, with a signature);
-- MLflow's source tags (git commit, branch, dirty, entry point) and a one-line description.
-
-Tags every training run carries: variant, dataset, seed, config_hash, kind
-("train" | "ablation" | "study" | "trial"), and failure_reason when it failed.
-"""
+"""Writing runs: Store (one experiment: find, start, resume, mark) and RunTracker (one
+run: params, metrics, dataset, model, artifacts, system metrics, its end)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,115 +15,18 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from study.config import Config, TrackingConfig, flatten, to_dict
-from study.data import PROJECT_ROOT
 from study.files import file_lock
-
-FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
-# one progress bar per small artifact download drowns a command's own output
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# no usage reports from a research harness (and no network on many machines it runs on)
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# the system-metrics monitor says "started" and "stopped" on every run, between our lines
-logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-
-# The section of each training quantity; the MLflow UI groups charts by the part before "/".
-_SECTION = {
-    **{f"{split}_{unit}": "loss" for split in ("train", "val", "test", "best_val")
-       for unit in ("nats_per_char", "bits_per_char")},
-    **dict.fromkeys(("lr", "grad_norm_preclip_mean", "grad_norm_preclip_max", "best_epoch",
-                     "epochs_trained"), "train"),
-    **dict.fromkeys(("epoch_seconds", "run_seconds", "probe_seconds", "train_chars_per_s",
-                     "sweep_minutes"), "time"),
-    **dict.fromkeys(("trials_complete", "trials_pruned", "trials_failed"), "study"),
-}
-# the probes' dotted names: sat.L1.f.left_mean -> saturation/L1_f_left_mean
-_PROBE_SECTION = {"sat": "saturation", "unit": "units", "errflow": "errflow",
-                  "errflow_init": "errflow", "importance": "study"}
-
-
-def metric_key(name: str) -> str:
-    """The MLflow name of a metric the harness computes: `<section>/<name>`."""
-    if name in _SECTION:
-        return f"{_SECTION[name]}/{name}"
-    head, _, rest = name.partition(".")
-    if head in _PROBE_SECTION and rest:
-        rest = {"errflow_init": "init_", "importance": "importance_"}.get(head, "") + rest
-        return f"{_PROBE_SECTION[head]}/{rest.replace('.', '_')}"
-    return name
-
-
-def plain_key(key: str) -> str:
-    """The harness's own name of a loss, train or time metric read back from MLflow."""
-    section, _, name = key.partition("/")
-    return name if _SECTION.get(name) == section else key
-
-
-class StoreError(RuntimeError):
-    """A tracking store that is not there, or holds nothing to read."""
-
-
-def tracking_uri(cfg: TrackingConfig) -> str:
-    if cfg.uri:
-        return cfg.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(Path(cfg.results_dir).resolve() / 'mlflow.db')}"
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=PROJECT_ROOT, text=True, capture_output=True,
-                          check=True).stdout.strip()
-
-
-def git_commit() -> str:
-    """HEAD's sha, with "-dirty" when tracked files have changed; "unknown" outside git."""
-    try:
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
-        return _git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def source_tags() -> dict[str, str]:
-    """MLflow's standard source tags: what code made the run (commit, branch, whether the
-    work tree had uncommitted changes, remote) and how it was started (entry point)."""
-    entry = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name not in ("__main__", "multiprocessing.spawn"):
-        entry = f"python -m {spec.name.removesuffix('.__main__')}"
-    tags = {"mlflow.source.type": "LOCAL",
-            "mlflow.source.name": " ".join([entry, *sys.argv[1:]])[:500]}
-    commit = git_commit()
-    if commit == "unknown":
-        return tags
-    tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
-    tags["mlflow.source.git.dirty"] = str(commit.endswith("-dirty")).lower()
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        tags["mlflow.source.git.branch"] = _git("rev-parse", "--abbrev-ref", "HEAD")
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        tags["mlflow.source.git.repoURL"] = _git("remote", "get-url", "origin")
-    return tags
-
-
-def _local_path(uri: str) -> Path | None:
-    """The file or folder behind a local store URI (sqlite:///PATH, file:PATH, a bare path)."""
-    if uri.startswith("sqlite:///"):
-        return None if ":memory:" in uri else Path(uri[len("sqlite:///"):])
-    if uri.startswith("file:"):
-        return Path(uri[len("file:"):].removeprefix("//"))
-    if "://" not in uri:
-        return Path(uri)
-    return None
-
-
-def require_store(uri: str) -> None:
-    """Refuse a local store that does not exist, before MLflow would create an empty one."""
-    path = _local_path(uri)
-    if path is not None and not path.exists():
-        raise StoreError(f"no MLflow store at {uri} ({path} does not exist); check "
-                         "--tracking-uri or $MLFLOW_TRACKING_URI (the default store is "
-                         "results/mlflow.db under the folder you ran study.run in)")
+from study.tracking._base import (
+    FINISHED,
+    KILLED,
+    RUNNING,
+    _local_path,
+    metric_key,
+    require_store,
+    source_tags,
+    tracking_uri,
+)
+from study.tracking.reader import Reader, RunNotFound, RunRecord
 
 
 @contextlib.contextmanager
@@ -414,115 +295,3 @@ def open_run(uri: str, run_id: str) -> RunTracker:
     return RunTracker(client, run_id)
 
 
-# ---------------------------------------------------------------------------------------
-# reading runs back (analyses/, study.inspect)
-
-
-class RunNotFound(StoreError):
-    """A run id the store does not hold."""
-
-
-@dataclass
-class RunRecord:
-    """One run as plain data: what the report and the inspector read."""
-
-    run_id: str
-    name: str
-    experiment: str
-    status: str  # FINISHED | FAILED | KILLED | RUNNING
-    start_ms: int | None
-    end_ms: int | None
-    tags: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
-    # the last value of each; loss, train and time metrics by the harness's names
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-class Reader:
-    """Runs of an existing store, read by name: experiments, runs, metric histories and
-    artifacts. Refuses a local store that is not there (StoreError)."""
-
-    def __init__(self, uri: str):
-        require_store(uri)  # before the client: it would create an empty store at a typo
-        self.uri = uri
-        self._client = MlflowClient(tracking_uri=uri)
-
-    def experiments(self) -> list[str]:
-        return [e.name for e in self._client.search_experiments()]
-
-    def experiment_ids(self) -> dict[str, str]:
-        """{name: id} of the store's active experiments, oldest first."""
-        exps = self._client.search_experiments(order_by=["creation_time ASC"])
-        return {e.name: e.experiment_id for e in exps}
-
-    def runs(self, experiments: list[str] | None = None, run_ids: list[str] | None = None,
-             tags: dict[str, str] | None = None) -> list[RunRecord]:
-        """The runs of these experiments (default: all) whose tags match, plus the runs
-        named in run_ids (wherever they are)."""
-        names = {e.experiment_id: e.name for e in self._client.search_experiments()}
-        ids = [i for i, n in names.items() if experiments is None or n in experiments]
-        found = []
-        if ids:
-            flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
-            found = self._client.search_runs(ids, filter_string=flt, max_results=50000)
-        if run_ids:
-            wanted = set(run_ids)
-            have = {r.info.run_id for r in found}
-            found = [r for r in found if r.info.run_id in wanted] + [
-                self._get(i) for i in run_ids if i not in have]
-        return [self._record(r, names) for r in found]
-
-    def metric_names(self, experiment: str) -> set[str]:
-        """The metric names an experiment's runs logged, as logged (with their sections)."""
-        exp = self._client.get_experiment_by_name(experiment)
-        if exp is None:
-            return set()
-        runs = self._client.search_runs([exp.experiment_id], max_results=50000)
-        return {k for r in runs for k in r.data.metrics}
-
-    def run(self, run_id: str) -> RunRecord:
-        """One run by id; RunNotFound names the store when it is not there."""
-        names = {e.experiment_id: e.name for e in self._client.search_experiments()}
-        return self._record(self._get(run_id), names)
-
-    def history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
-        """Every (step, value, timestamp in ms) logged for a metric (the harness's name or
-        the logged one), by step."""
-        return sorted((m.step, m.value, m.timestamp)
-                      for m in self._client.get_metric_history(run_id, metric_key(key)))
-
-    def download(self, run_id: str, path: str, dst: str | Path) -> Path | None:
-        """A run's artifact (file or folder) copied under dst; None if it has none."""
-        try:
-            return Path(self._client.download_artifacts(run_id, path, str(dst)))
-        except (mlflow.exceptions.MlflowException, OSError):
-            return None
-
-    def model_checkpoint(self, model: str, dst: str | Path) -> tuple[Path, str]:
-        """The weights-only checkpoint inside a logged model (`models:/<id>` or the id),
-        downloaded under dst, and the id of the run that logged it."""
-        model_id = model.removeprefix("models:/").strip("/")
-        try:
-            found = self._client.get_logged_model(model_id)
-            folder = mlflow.artifacts.download_artifacts(
-                artifact_uri=found.artifact_location, dst_path=str(dst),
-                tracking_uri=self.uri)
-        except mlflow.exceptions.MlflowException:
-            raise RunNotFound(f"no logged model {model_id} in the MLflow store at "
-                              f"{self.uri}") from None
-        return Path(folder) / "extra_files" / "best.pt", found.source_run_id
-
-    def _get(self, run_id: str):
-        try:
-            return self._client.get_run(run_id)
-        except mlflow.exceptions.MlflowException:
-            raise RunNotFound(f"no run {run_id} in the MLflow store at {self.uri}; check the "
-                              "run id and --tracking-uri / $MLFLOW_TRACKING_URI") from None
-
-    @staticmethod
-    def _record(r, names: dict[str, str]) -> RunRecord:
-        i = r.info
-        return RunRecord(i.run_id, i.run_name, names.get(i.experiment_id, i.experiment_id),
-                         i.status, i.start_time, i.end_time, dict(r.data.tags),
-                         dict(r.data.params),
-                         {plain_key(k): v for k, v in r.data.metrics.items()})
