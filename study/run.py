@@ -20,7 +20,7 @@ from pathlib import Path
 
 from study import config as config_mod
 from study.ablation import RunSpec, describe, ok, run_ablation, summary_table
-from study.config import Config, ConfigError, run_hash, updated
+from study.config import Config, ConfigError, TrackingConfig, run_hash, updated
 from study.data import Corpus, DataError, load_corpus
 from study.signals import exit_code, sigterm_as_interrupt
 from study.train import CheckpointError
@@ -211,8 +211,10 @@ def where_to_browse(cfg) -> None:
     uri = tracking_uri(cfg.tracking)
     found = [e for e in ui.experiments(uri) if e.name == cfg.tracking.experiment]
     remote = uri.startswith(("http://", "https://"))
-    print(f"MLflow: {uri}" + ("" if remote else "; browse with `make ui` (python -m "
-                              "study.ui), then open") + ":", file=sys.stderr)
+    command = ("`make ui`" if uri == tracking_uri(TrackingConfig())
+               else f"`python -m study.ui --store {uri}`")
+    print(f"MLflow: {uri}" + ("" if remote else f"; browse with {command}, then open") + ":",
+          file=sys.stderr)
     # a tracking server this harness did not start has no shared view of the losses
     ui.print_links(uri, uri if remote else ui.DEFAULT_BASE_URL, file=sys.stderr, found=found,
                    shared_view=not remote)
