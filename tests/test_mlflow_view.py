@@ -128,3 +128,16 @@ def test_runs_read_in_a_legend_and_carry_a_note_and_the_source(smoke):
         assert re.fullmatch(r"[0-9a-f]{40}", t["mlflow.source.git.commit"])
         assert t["mlflow.source.git.dirty"] in ("true", "false")
         assert t["mlflow.source.type"] == "LOCAL" and t["mlflow.source.name"]  # (pytest here)
+
+
+def test_a_store_from_before_the_sections_still_reads(tmp_path):
+    from study.tracking import Reader
+
+    uri = f"sqlite:///{tmp_path / 'old.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("old"))
+    for epoch, loss in ((1, 2.0), (2, 1.5)):
+        client.log_metric(run.info.run_id, "val_nats_per_char", loss, step=epoch)
+    reader = Reader(uri)
+    assert [v for _, v, _ in reader.history(run.info.run_id, "val_nats_per_char")] == [2.0, 1.5]
+    assert reader.run(run.info.run_id).metrics == {"val_nats_per_char": 1.5}

@@ -81,8 +81,10 @@ class Reader:
     def history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
         """Every (step, value, timestamp in ms) logged for a metric (the harness's name or
         the logged one), by step."""
-        return sorted((m.step, m.value, m.timestamp)
-                      for m in self._client.get_metric_history(run_id, metric_key(key)))
+        found = self._client.get_metric_history(run_id, metric_key(key))
+        if not found and metric_key(key) != key:  # a store written before the sections
+            found = self._client.get_metric_history(run_id, key)
+        return sorted((m.step, m.value, m.timestamp) for m in found)
 
     def download(self, run_id: str, path: str, dst: str | Path) -> Path | None:
         """A run's artifact (file or folder) copied under dst; None if it has none."""
