@@ -4,7 +4,7 @@
     python -m study.inspect RUN_ID --concept in_quotes      # the best units of one concept
     python -m study.inspect RUN_ID --unit 2:37 --text f.txt # one unit (layer:index[:c|h])
     python -m study.inspect RUN_ID [RUN_ID ...] --probe     # run the probes again, log them
-    python -m study.inspect models:/m-...                   # a logged model (its checkpoint)
+    python -m study.inspect models:/m-...                   # a logged model (its run's)
 
 The model is rebuilt from the run's checkpoint artifact (its config and vocabulary travel
 with it); the text is the run's validation split unless --text names a UTF-8 file.
@@ -38,24 +38,21 @@ class RunError(RuntimeError):
 
 
 def load_run(run_id: str, tracking_uri: str | None = None):
-    """(model, config, vocabulary, uri, run id) from a run's checkpoint/best.pt artifact, or
-    from the checkpoint inside a logged model when run_id is `models:/<id>` (the run id
-    returned is then the run that logged it).
-    Raises RunError (or study.tracking.StoreError) with a message for the user."""
+    """(model, config, vocabulary, uri, run id) from a run's checkpoint/best.pt artifact;
+    run_id may be a logged model's `models:/<id>`, read from the run that logged it (the
+    run id returned). Raises RunError (or study.tracking.StoreError) with a message for
+    the user."""
     uri = tracking_uri or tracking.tracking_uri(config_mod.TrackingConfig())
     reader = tracking.Reader(uri)  # refuses a local store that is not there
+    try:
+        if run_id.startswith("models:/"):
+            run_id = reader.model_run(run_id)
+        reader.run(run_id)
+    except tracking.RunNotFound as e:
+        raise RunError(str(e)) from None
     artifact = "checkpoint/best.pt"
     with tempfile.TemporaryDirectory() as tmp:  # the download goes when it is read
-        try:
-            if run_id.startswith("models:/"):
-                path, source_run = reader.model_checkpoint(run_id, tmp)
-                artifact = f"the checkpoint in {run_id}"
-                path = path if path.is_file() else None
-            else:
-                reader.run(run_id)
-                path, source_run = reader.download(run_id, artifact, tmp), run_id
-        except tracking.RunNotFound as e:
-            raise RunError(str(e)) from None
+        path = reader.download(run_id, artifact, tmp)
         if path is None:
             raise RunError(f"run {run_id}: no {artifact} artifact; is the run finished, and "
                            "was it run with tracking.log_checkpoint?")
@@ -68,7 +65,7 @@ def load_run(run_id: str, tracking_uri: str | None = None):
     model = CharLM(len(ck["vocab"]), cfg.model)
     model.load_state_dict(ck["model"])
     model.eval()
-    return model, cfg, Vocabulary(ck["vocab"]), uri, source_run
+    return model, cfg, Vocabulary(ck["vocab"]), uri, run_id
 
 
 def _load_run_or_say_why(run_id: str, tracking_uri: str | None):

@@ -6,7 +6,7 @@ It opens the run (or takes up an interrupted one of the same configuration, with
 `--resume`), logs the config, trains through study.train (which only fits), and on each
 epoch logs the metrics, a sample and the every-N-epochs probes before handing the epoch
 to the caller's own callback (a sweep's pruner). After training it logs the test loss,
-runs the probes and logs their metrics, series, tags and files, logs the checkpoint, and
+runs the probes and logs their metrics, tags and files, logs the checkpoint, and
 ends the run with its final status and reason:
 
     finished         FINISHED
@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,7 +39,6 @@ from study.data import Corpus
 from study.formats import bits
 from study.model import CharLM, sample
 from study.probes import ProbeResult, run_probes
-from study.probes.flow import decay_metrics
 
 RESUME_HINT = "continue with --resume"
 
@@ -55,8 +54,6 @@ class RunLabels:
     name: str
     tags: dict
     parent_id: str | None = None
-    params: dict = field(default_factory=dict)  # logged besides the config
-    description: str = ""  # the run's one-line note (default: describe_run)
 
 
 @dataclass
@@ -135,7 +132,7 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
         failed_probes.update(probes.failed if probes is not None else {})
         if log_checkpoint and (ckpt_dir / "best.pt").is_file():
             run.log_artifact(ckpt_dir / "best.pt", "checkpoint")
-            run.log_model(res.model, ckpt_dir / "best.pt", corpus.vocab_size,
+            run.log_model(res.model, corpus.vocab_size,
                           f"{title}: the best epoch's weights ({res.best_epoch}), val "
                           f"{res.best_val:.4f} nats/char")
     except Pruned as e:
@@ -170,9 +167,9 @@ def _open(store, cfg: Config, corpus: Corpus, labels: RunLabels, ckpt_dir: Path,
                                  "--resume")
     run = store.start(labels.name, {**labels.tags, "data_sha256": corpus.sha256},
                       parent_id=labels.parent_id,
-                      description=labels.description or describe_run(cfg, corpus))
+                      description=describe_run(cfg, corpus))
     # a training run's params: the sections that shape it (not the grid or sweep around it)
-    run.log_config(cfg, sections=("data", "model", "train", "probes"), extra=labels.params)
+    run.log_config(cfg, sections=("data", "model", "train", "probes"))
     run.log_dataset(corpus.name, corpus.sha256, str(corpus.path), {
         "chars": int(corpus.ids.numel()), "vocab_size": corpus.vocab_size,
         **{f"{k}_chars": int(v.numel()) for k, v in corpus.splits.items()}})
@@ -189,8 +186,7 @@ def describe_run(cfg: Config, corpus: Corpus) -> str:
 
 
 def _lr_varies(cfg: Config) -> bool:
-    t = cfg.train
-    return t.lr_decay != 1 and t.lr_decay_after < t.epochs
+    return training.lr_at(cfg, 1) != training.lr_at(cfg, cfg.train.epochs)
 
 
 def _run_tags(model: CharLM, device) -> dict:
@@ -217,10 +213,7 @@ def _final_probes(run, res: training.Result, cfg: Config, corpus: Corpus,
 
 
 def log_probes(run, pr: ProbeResult, out: Path | None) -> None:
-    """A full probe result onto its run: files, metrics (the error flow's curves over q
-    are a table and a figure among the files, summarised as metrics) and tags."""
-    if pr.series:
-        run.log_metrics(decay_metrics(pr.series))
+    """A full probe result onto its run: files, metrics and tags."""
     if out is not None and any(out.iterdir()):
         run.log_artifacts(out, "probes")
     if pr.metrics:

@@ -368,11 +368,13 @@ def test_every_probe_succeeds_with_todays_metric_keys(tmp_path, capsys):
     assert set(res.tags) == {f"unit.{c}" for c in concepts.CONCEPTS}
     assert all(v.startswith("layer 1 ") for v in res.tags.values())
     assert "probe_error" not in res.tags
-    # the error flow, after training and at initialisation: q = 0..5 per state and layer
-    keys = {k for k, _, _ in res.series}
-    assert keys == {f"{w}.{s}.L1" for w in ("errflow", "errflow_init") for s in "hc"}
-    assert sorted(q for k, _, q in res.series if k == "errflow.h.L1") == list(range(6))
-    assert all(math.isfinite(v) and v >= 0 for _, v, _ in res.series)
+    # the error flow, after training and at initialisation: q = 0..5 per state and layer,
+    # a table (too short for a decay ratio at q >= 10: no errflow metric)
+    flow = pd.read_csv(out / "error_flow.csv")
+    assert set(map(tuple, flow[["when", "state", "layer"]].drop_duplicates().values)) == \
+        {(w, s, 1) for w in ("trained", "init") for s in "hc"}
+    assert sorted(flow.q[(flow.when == "trained") & (flow.state == "h")]) == list(range(6))
+    assert all(math.isfinite(v) and v >= 0 for v in flow.grad_norm)
     [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("probes: ")]
     assert "val chars" in line and "in_quotes layer 1" in line and "FAILED" not in line
 
@@ -382,7 +384,7 @@ def test_probes_every_n_epochs_compute_metrics_and_write_nothing(tmp_path):
     res = _probe_one_run(None, full=False, built=built)
     assert built == []  # the initial model is built only for the error flow
     assert res.ok and set(res.metrics) == set(GATES + UNITS)  # no probe_seconds
-    assert res.series == [] and res.tags == {}
+    assert res.tags == {}
     full = _probe_one_run(tmp_path / "probes")
     assert {k: full.metrics[k] for k in res.metrics} == res.metrics  # the same values
     with pytest.raises(ValueError, match="needs `out`"):
@@ -404,7 +406,7 @@ def test_a_failing_read_leaves_nothing_to_probe(tmp_path, monkeypatch):
     out = tmp_path / "probes"
     res = _probe_one_run(out, monkeypatch, **{"study.probes.activations.read": _boom})
     assert res.failed == {"read": "RuntimeError: boom"}
-    assert res.metrics == {} and res.series == [] and res.tags == {} and not out.exists()
+    assert res.metrics == {} and res.tags == {} and not out.exists()
 
 
 @pytest.mark.parametrize("target,failed,lost", [
@@ -429,8 +431,19 @@ def test_one_failing_probe_loses_only_its_own_outputs(tmp_path, monkeypatch, cap
     assert "probe_seconds" in res.metrics
     assert any(k.startswith("sat.") for k in res.metrics) == (failed != "saturation")
     assert any(k.startswith("unit.") for k in res.metrics) == (failed != "units")
-    assert bool(res.series) == (failed != "error_flow")
+    assert (out / "error_flow.csv").exists() == (failed != "error_flow")
     assert bool(res.tags) == (failed != "units") and "probe_error" not in res.tags
+
+
+def test_the_error_flow_decay_is_each_curve_at_q_over_its_value_at_0():
+    from study.probes.flow import decay_metrics
+
+    q = list(range(61))
+    flow = pd.DataFrame({"when": ["trained"] * 61 + ["init"] * 61, "state": "c", "layer": 2,
+                         "q": q * 2, "grad_norm": [2.0 * 0.9 ** i for i in q] + [1.0] * 61})
+    assert decay_metrics(flow) == pytest.approx({
+        "errflow.c.L2.ratio_q10": 0.9 ** 10, "errflow.c.L2.ratio_q50": 0.9 ** 50,
+        "errflow_init.c.L2.ratio_q10": 1.0, "errflow_init.c.L2.ratio_q50": 1.0})
 
 
 # ---------------------------------------------------------------------------------------

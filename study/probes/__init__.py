@@ -1,5 +1,5 @@
 """Probes: what a trained model does with text, as a function of (model, text) -> tables
-and figures. Nothing here logs: run_probes returns a ProbeResult (metrics, series, tags,
+and figures. Nothing here logs: run_probes returns a ProbeResult (metrics, tags,
 failures) and writes its files into a folder; the caller logs them where it wants.
 
 All read a fixed stretch of the validation split (probes.chars characters) in B parallel
@@ -49,10 +49,8 @@ class ProbeResult:
     """What the probes of one model found, for the caller to log. Only probes that
     succeeded contribute."""
 
-    # sat.*, unit.<concept>.score, and probe_seconds (full only)
+    # sat.*, unit.<concept>.score; full only: errflow[_init].*.ratio_q<q>, probe_seconds
     metrics: dict[str, float] = field(default_factory=dict)
-    # (errflow[_init].<state>.L<layer>, mean gradient norm, q) (full only)
-    series: list[tuple[str, float, int]] = field(default_factory=list)
     # unit.<concept> -> its best unit described (full only)
     tags: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # probe -> "ExcType: message"
@@ -129,7 +127,8 @@ def run_probes(model: CharLM, corpus, cfg: ProbesConfig, out: Path | None, title
             traces.write_traces(acts, scores, folder / "traces", cfg, title)
     if cfg.error_flow:
         with _guard(res, "error_flow", stage) as folder:
-            res.series = flow.error_flow_probe(model, init_model, ids, cfg, title, folder)
+            res.metrics.update(flow.error_flow_probe(model, init_model, ids, cfg, title,
+                                                     folder))
     res.metrics["probe_seconds"] = time.perf_counter() - t0
     res.tags = tags
     print(f"probes: {len(acts.text):,} val chars, {res.metrics['probe_seconds']:.1f} s; "

@@ -3,8 +3,7 @@ distance q, at initialisation and after training: the quantity behind the vanish
 argument (Hochreiter 1991/97, Pascanu13).
 
 Owns the measurement (`error_flow`) and the error-flow probe of a run (`error_flow_probe`:
-error_flow.csv, error_flow.png and the series errflow[_init].<state>.L<layer> against q,
-summarised by decay_metrics).
+error_flow.csv and error_flow.png, the curves against q, summarised by decay_metrics).
 The module is named flow, not error_flow, so that study.probes.error_flow stays the function.
 """
 
@@ -61,10 +60,10 @@ def error_flow(model: CharLM, ids: torch.Tensor, q_max: int, batch: int,
 
 def error_flow_probe(model: CharLM, init_model: CharLM | Callable[[], CharLM] | None,
                      ids: torch.Tensor, cfg: ProbesConfig, title: str, folder: Path
-                     ) -> list[tuple[str, float, int]]:
+                     ) -> dict[str, float]:
     """The error flow of the trained model and (when given; a function that builds it is
-    called here) of the initial one: error_flow.csv and error_flow.png in `folder`, and the
-    points (errflow[_init].<state>.L<layer>, mean gradient norm, q) returned."""
+    called here) of the initial one: error_flow.csv and error_flow.png in `folder`, and
+    their decay_metrics returned."""
     from study.probes import figures
 
     if init_model is not None and not isinstance(init_model, torch.nn.Module):
@@ -80,24 +79,22 @@ def error_flow_probe(model: CharLM, init_model: CharLM | Callable[[], CharLM] | 
         fig = figures.error_flow_plot(flow, f"{title}: error flow")
         fig.savefig(folder / "error_flow.png", dpi=120)
         figures.plt.close(fig)
-    return [(f"{'errflow' if r.when == 'trained' else 'errflow_init'}.{r.state}.L{r.layer}",
-             r.grad_norm, r.q) for r in flow.itertuples()]
+    return decay_metrics(flow)
 
 
 DECAY_QS = (10, 50, 100)  # the distances whose decay is summarised as a metric
 
 
-def decay_metrics(series: list[tuple[str, float, int]]) -> dict[str, float]:
-    """The error flow's decay in a few numbers: for each curve (errflow[_init].<state>.
-    L<layer>), the mean gradient norm at q over that at q = 0, for q in DECAY_QS that the
-    curve reaches (key `<curve>.ratio_q<q>`). The whole curves are error_flow.csv."""
-    at: dict[str, dict[int, float]] = {}
-    for key, value, q in series:
-        at.setdefault(key, {})[q] = value
+def decay_metrics(flow: pd.DataFrame) -> dict[str, float]:
+    """The error flow's decay in a few numbers: for each curve (when, state, layer), the
+    mean gradient norm at q over that at q = 0, for the q in DECAY_QS the curve reaches,
+    as `errflow[_init].<state>.L<layer>.ratio_q<q>`. The whole curves are error_flow.csv."""
     out = {}
-    for key, curve in at.items():
-        base = curve.get(0)
+    for (when, state, layer), curve in flow.groupby(["when", "state", "layer"]):
+        at = dict(zip(curve["q"], curve["grad_norm"], strict=True))
+        base = at.get(0)
+        name = f"{'errflow' if when == 'trained' else 'errflow_init'}.{state}.L{layer}"
         for q in DECAY_QS:
-            if base and q in curve:
-                out[f"{key}.ratio_q{q}"] = curve[q] / base
+            if base and q in at:
+                out[f"{name}.ratio_q{q}"] = at[q] / base
     return out

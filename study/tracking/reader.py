@@ -93,19 +93,14 @@ class Reader:
         except (mlflow.exceptions.MlflowException, OSError):
             return None
 
-    def model_checkpoint(self, model: str, dst: str | Path) -> tuple[Path, str]:
-        """The weights-only checkpoint inside a logged model (`models:/<id>` or the id),
-        downloaded under dst, and the id of the run that logged it."""
+    def model_run(self, model: str) -> str:
+        """The id of the run that logged a model (`models:/<id>` or the id)."""
         model_id = model.removeprefix("models:/").strip("/")
         try:
-            found = self._client.get_logged_model(model_id)
-            folder = mlflow.artifacts.download_artifacts(
-                artifact_uri=found.artifact_location, dst_path=str(dst),
-                tracking_uri=self.uri)
+            return self._client.get_logged_model(model_id).source_run_id
         except mlflow.exceptions.MlflowException:
             raise RunNotFound(f"no logged model {model_id} in the MLflow store at "
                               f"{self.uri}") from None
-        return Path(folder) / "extra_files" / "best.pt", found.source_run_id
 
     def _get(self, run_id: str):
         try:

@@ -208,21 +208,22 @@ class RunTracker:
         self._client.log_inputs(self.run_id, datasets=[DatasetInput(
             ds, tags=[InputTag("mlflow.data.context", context)])])
 
-    def log_model(self, model, checkpoint: Path, vocab_size: int, description: str) -> str:
+    def log_model(self, model, vocab_size: int, description: str) -> str:
         """The trained model as an MLflow model of this run, PyTorch flavour: `mlflow.pytorch
-        .load_model(uri)` gives the CharLM (a pickle, so only load models you trust), and
-        the model folder also holds the weights-only checkpoint (extra_files/best.pt) that
-        study.inspect reads. Its signature: ids (T, B) int64 -> logits (T, B, V) float32.
-        Returns the model's URI (models:/<id>)."""
+        .load_model(uri)` gives the CharLM (a pickle, so only load models you trust;
+        study.inspect, given the model's URI, reads its run's weights-only checkpoint
+        instead). Its signature: ids (T, B) int64 -> logits (T, B, V) float32. Returns the
+        model's URI (models:/<id>)."""
         import mlflow.pytorch
         import numpy as np
+        import torch
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
         sig = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1), "ids")]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, vocab_size), "logits")]))
-        pins = [f"torch=={__import__('torch').__version__.split('+')[0]}",
+        pins = [f"torch=={torch.__version__.split('+')[0]}",
                 f"mlflow=={mlflow.__version__}"]
         quiet = logging.getLogger("mlflow.pytorch")
         level, quiet.level = quiet.level, logging.ERROR  # its pickle warning is said above
@@ -232,7 +233,6 @@ class RunTracker:
                 info = mlflow.pytorch.log_model(
                     model, name="model", signature=sig, run_id=self.run_id,
                     serialization_format="pickle", pip_requirements=pins,
-                    extra_files=[str(checkpoint)],
                     tags={"mlflow.note.content": description})
         finally:
             quiet.level = level
