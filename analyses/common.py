@@ -3,7 +3,6 @@ variants' order and colours (from the cell registry). Tables are study.formats.m
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,23 +59,6 @@ def palette(names) -> dict[str, tuple]:
                if len(set(c)) > 1]  # the palettes' own greys are kept for NEUTRAL
     return {v: colours[known.index(v) % len(colours)] if v in known else NEUTRAL
             for v in names}
-
-
-_NUMBER = re.compile(r"^\s*[-+−]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?"
-                     r"(\s*±\s*([-+−]?(\d+(\.\d*)?|\.\d+)|–))?\s*$")
-
-
-def is_numeric(column: pd.Series) -> bool:
-    """A column of numbers (what a table right-aligns): a numeric dtype, or text that is a
-    number in every filled cell ('1.876 ± 0.032', '3.2e-05'); booleans and names are text."""
-    if column.dtype.kind in "fiu":
-        return True
-    if column.dtype.kind == "b":
-        return False
-    filled = [v for v in column if not (v is None or (isinstance(v, float) and v != v))]
-    return bool(filled) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool)
-        or isinstance(v, str) and _NUMBER.match(v) for v in filled)
 
 
 def style() -> None:

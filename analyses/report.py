@@ -33,6 +33,7 @@ import pandas as pd
 from analyses import claims, common, curves, error_flow, saturation, sweeps, table1, units, variants
 from analyses.common import Section
 from analyses.runs import Runs
+from study.formats import cell_text, is_numeric, markdown_table
 
 SECTIONS = [table1, variants, curves, saturation, units, error_flow, sweeps, claims]
 
@@ -77,7 +78,7 @@ def to_markdown(sections: list[Section], h: dict) -> str:
         if s.text:
             lines += [s.text, ""]
         for name, df in s.tables.items():
-            lines += [f"**{caption(s, name)}**", "", table_markdown(df), ""]
+            lines += [f"**{caption(s, name)}**", "", markdown_table(df), ""]
         for f in s.figures:
             lines += [f"![{f.caption}]({f.png.name})", "", f"_{f.caption}_ "
                       f"([PDF]({f.pdf.name}))", ""]
@@ -111,39 +112,17 @@ def caption(section: Section, name: str) -> str:
     return f"{section.title}: {words}" if words else section.title
 
 
-def _cell(v, floats: str = "{:.3f}") -> str:
-    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
-        return "–"
-    if isinstance(v, float):
-        return floats.format(v)
-    return str(v)
-
-
-def table_markdown(df: pd.DataFrame) -> str:
-    """A GitHub markdown table: numbers (analyses.common.is_numeric, which includes
-    'mean ± sd' text) right-aligned, text left-aligned; NaN as '–'."""
-    if df.empty:
-        return "_(no rows)_\n"
-    numeric = [common.is_numeric(df[c]) for c in df.columns]
-    cell = lambda v: _cell(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(str(c) for c in df.columns) + " |",
-             "|" + "|".join(" ---: " if n else " :--- " for n in numeric) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def table_html(df: pd.DataFrame, title: str) -> str:
     """An HTML table with its caption: numbers right-aligned, text (names, verdicts,
     evidence) left-aligned, header cells aligned as their column; NaN as '–'."""
-    align = ["r" if common.is_numeric(df[c]) else "l" for c in df.columns]
+    align = ["r" if is_numeric(df[c]) else "l" for c in df.columns]
     head = "".join(f"<th class='{a}'>{html.escape(str(c))}</th>"
                    for c, a in zip(df.columns, align, strict=True))
     rows = []
     for row in df.itertuples(index=False):
         cells = []
         for v, a in zip(row, align, strict=True):
-            text = _cell(v)
+            text = cell_text(v)
             extra = f" {HIGHLIGHT[text]}" if text in HIGHLIGHT else ""
             cells.append(f"<td class='{a}{extra}'>{_inline(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")

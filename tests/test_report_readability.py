@@ -13,6 +13,7 @@ from matplotlib.colors import to_rgb
 from analyses import claims, common, error_flow, report, saturation, variants
 from analyses.common import Section
 from analyses.runs import frame
+from study.formats import markdown_table
 from study.probes.figures import LAYER_COLOURS
 from study.tracking import RunRecord
 
@@ -168,7 +169,7 @@ def test_text_columns_are_left_aligned_and_numbers_right_aligned():
     css = report.to_html([], {"date": "d", "commit": "c", "uri": "u", "experiments": "e",
                               "selection": "s", "runs": 0, "train": 0, "studies": 0})
     assert ".t .l{text-align:left}" in css and ".t .r{text-align:right}" in css
-    md = report.table_markdown(df)
+    md = markdown_table(df)
     assert md.splitlines()[1] == "| :--- | ---: | ---: | ---: | :--- | :--- |"
 
 
