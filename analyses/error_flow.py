@@ -5,7 +5,6 @@ and its decay rate per variant over seeds."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,34 +14,13 @@ from analyses.common import COLUMN_WIDTH, Section, save, variant_order
 from analyses.runs import Runs
 from analyses.seeds import losses_by_seed
 from study.probes.figures import error_flow_plot
-
-Q1, Q2 = 1, 50  # the decay is measured between these distances back in time (steps)
-
-
-def decay(curve: pd.DataFrame, q1: int = Q1, q2: int = Q2) -> tuple[float, int, str]:
-    """(rate, q_to, why): the mean change of log ‖·‖ per step from q1 to q_to, the largest q
-    measured up to q2 (a run whose probes stopped below q2: its last q); negative: the
-    error vanishes. The rate is NaN, and `why` says why, where it cannot be computed."""
-    c = curve.set_index("q").grad_norm.groupby(level=0).mean().sort_index() \
-        if len(curve) else pd.Series(dtype=float)
-    measured = [int(q) for q in c.index if q1 < q <= q2]
-    if q1 not in c.index or not measured:
-        top = int(c.index.max()) if len(c) else None
-        return float("nan"), top if top is not None else q1, (
-            "no q measured" if top is None else f"q measured only to {top}: needs q "
-            f"{q1} and a later one")
-    q_to = max(measured)
-    a, b = float(c[q1]), float(c[q_to])
-    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
-        at = q1 if not (a > 0 and math.isfinite(a)) else q_to
-        return float("nan"), q_to, (f"gradient {c[at]:.3g} at q = {at} (vanished below "
-                                    "float precision, or not a number)")
-    return math.log(b / a) / (q_to - q1), q_to, ""
+from study.probes.flow import Q1, Q2, decay
 
 
 def decay_rate(curve: pd.DataFrame, q1: int = Q1, q2: int = Q2) -> float:
     """Mean change of log ‖·‖ per step between q1 and q2, or the largest q measured if that
-    is smaller (negative: vanishing); NaN where it cannot be computed (decay says why)."""
+    is smaller (negative: vanishing); NaN where it cannot be computed (study.probes.flow
+    .decay says why)."""
     return decay(curve, q1, q2)[0]
 
 

@@ -70,7 +70,8 @@ def test_metric_names_round_trip():
         assert plain_key(metric_key(name)) == name
     assert metric_key("sat.L2.f.left_mean") == "saturation/L2_f_left_mean"
     assert metric_key("unit.in_quotes.score") == "units/in_quotes_score"
-    assert metric_key("errflow_init.c.L1.ratio_q10") == "errflow/init_c_L1_ratio_q10"
+    assert metric_key("errflow_init.c.L1.log_decay_per_step") == \
+        "errflow/init_c_L1_log_decay_per_step"
     assert plain_key("system/cpu_utilization_percentage") == "system/cpu_utilization_percentage"
 
 

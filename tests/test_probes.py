@@ -356,20 +356,20 @@ FILES = {"saturation.csv", "saturation.png", "unit_scores.csv", "best_units.csv"
 GATES = [f"sat.L1.{g}.{m}" for g in "ifo" for m in (
     "left_mean", "right_mean", "units_right_gt50pct", "units_right_gt90pct")]
 UNITS = [f"unit.{c}.score" for c in concepts.CONCEPTS]  # which unit: a tag, not a metric
+DECAY = [f"{w}.{s}.L1.log_decay_per_step" for w in ("errflow", "errflow_init") for s in "hc"]
 
 
 def test_every_probe_succeeds_with_todays_metric_keys(tmp_path, capsys):
     out, built = tmp_path / "probes", []
     res = _probe_one_run(out, built=built)
     assert res.ok and res.failed == {} and built == [1]
-    assert set(res.metrics) == set(GATES + UNITS + ["probe_seconds"])
+    assert set(res.metrics) == set(GATES + UNITS + DECAY + ["probe_seconds"])
     assert written(out) >= FILES
     assert set(tmp_path.iterdir()) == {out}  # no staging folder left beside it
     assert set(res.tags) == {f"unit.{c}" for c in concepts.CONCEPTS}
     assert all(v.startswith("layer 1 ") for v in res.tags.values())
     assert "probe_error" not in res.tags
-    # the error flow, after training and at initialisation: q = 0..5 per state and layer,
-    # a table (too short for a decay ratio at q >= 10: no errflow metric)
+    # the error flow, after training and at initialisation: q = 0..5 per state and layer
     flow = pd.read_csv(out / "error_flow.csv")
     assert set(map(tuple, flow[["when", "state", "layer"]].drop_duplicates().values)) == \
         {(w, s, 1) for w in ("trained", "init") for s in "hc"}
@@ -432,18 +432,22 @@ def test_one_failing_probe_loses_only_its_own_outputs(tmp_path, monkeypatch, cap
     assert any(k.startswith("sat.") for k in res.metrics) == (failed != "saturation")
     assert any(k.startswith("unit.") for k in res.metrics) == (failed != "units")
     assert (out / "error_flow.csv").exists() == (failed != "error_flow")
+    assert any(k.startswith("errflow") for k in res.metrics) == (failed != "error_flow")
     assert bool(res.tags) == (failed != "units") and "probe_error" not in res.tags
 
 
-def test_the_error_flow_decay_is_each_curve_at_q_over_its_value_at_0():
+def test_the_error_flow_is_logged_as_the_report_s_decay_per_step():
     from study.probes.flow import decay_metrics
 
     q = list(range(61))
     flow = pd.DataFrame({"when": ["trained"] * 61 + ["init"] * 61, "state": "c", "layer": 2,
                          "q": q * 2, "grad_norm": [2.0 * 0.9 ** i for i in q] + [1.0] * 61})
+    # log(0.9) per step from q = 1 to q = 50; a curve that does not decay: 0
     assert decay_metrics(flow) == pytest.approx({
-        "errflow.c.L2.ratio_q10": 0.9 ** 10, "errflow.c.L2.ratio_q50": 0.9 ** 50,
-        "errflow_init.c.L2.ratio_q10": 1.0, "errflow_init.c.L2.ratio_q50": 1.0})
+        "errflow.c.L2.log_decay_per_step": math.log(0.9),
+        "errflow_init.c.L2.log_decay_per_step": 0.0})
+    flow.loc[flow.q >= 1, "grad_norm"] = 0.0  # vanished below float precision: no number
+    assert decay_metrics(flow) == {}
 
 
 # ---------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ class ProbeResult:
     """What the probes of one model found, for the caller to log. Only probes that
     succeeded contribute."""
 
-    # sat.*, unit.<concept>.score; full only: errflow[_init].*.ratio_q<q>, probe_seconds
+    # sat.*, unit.<concept>.score; full only: errflow[_init].*.log_decay_per_step and
+    # probe_seconds
     metrics: dict[str, float] = field(default_factory=dict)
     # unit.<concept> -> its best unit described (full only)
     tags: dict[str, str] = field(default_factory=dict)

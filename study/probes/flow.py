@@ -9,6 +9,7 @@ The module is named flow, not error_flow, so that study.probes.error_flow stays 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,19 +83,39 @@ def error_flow_probe(model: CharLM, init_model: CharLM | Callable[[], CharLM] | 
     return decay_metrics(flow)
 
 
-DECAY_QS = (10, 50, 100)  # the distances whose decay is summarised as a metric
+Q1, Q2 = 1, 50  # the decay is measured between these distances back in time (steps)
+
+
+def decay(curve: pd.DataFrame, q1: int = Q1, q2: int = Q2) -> tuple[float, int, str]:
+    """(rate, q_to, why): the mean change of log ‖·‖ per step from q1 to q_to, the largest q
+    measured up to q2 (a run whose probes stopped below q2: its last q); negative: the
+    error vanishes. The rate is NaN, and `why` says why, where it cannot be computed."""
+    c = curve.set_index("q").grad_norm.groupby(level=0).mean().sort_index() \
+        if len(curve) else pd.Series(dtype=float)
+    measured = [int(q) for q in c.index if q1 < q <= q2]
+    if q1 not in c.index or not measured:
+        top = int(c.index.max()) if len(c) else None
+        return float("nan"), top if top is not None else q1, (
+            "no q measured" if top is None else f"q measured only to {top}: needs q "
+            f"{q1} and a later one")
+    q_to = max(measured)
+    a, b = float(c[q1]), float(c[q_to])
+    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+        at = q1 if not (a > 0 and math.isfinite(a)) else q_to
+        return float("nan"), q_to, (f"gradient {c[at]:.3g} at q = {at} (vanished below "
+                                    "float precision, or not a number)")
+    return math.log(b / a) / (q_to - q1), q_to, ""
 
 
 def decay_metrics(flow: pd.DataFrame) -> dict[str, float]:
-    """The error flow's decay in a few numbers: for each curve (when, state, layer), the
-    mean gradient norm at q over that at q = 0, for the q in DECAY_QS the curve reaches,
-    as `errflow[_init].<state>.L<layer>.ratio_q<q>`. The whole curves are error_flow.csv."""
+    """The error flow's decay as one number per curve (when, state, layer): `decay`'s rate
+    from q = Q1 to Q2 (or the last q measured), as `errflow[_init].<state>.L<layer>.
+    log_decay_per_step`: the report's decay table, logged. The whole curves are
+    error_flow.csv."""
     out = {}
     for (when, state, layer), curve in flow.groupby(["when", "state", "layer"]):
-        at = dict(zip(curve["q"], curve["grad_norm"], strict=True))
-        base = at.get(0)
-        name = f"{'errflow' if when == 'trained' else 'errflow_init'}.{state}.L{layer}"
-        for q in DECAY_QS:
-            if base and q in at:
-                out[f"{name}.ratio_q{q}"] = at[q] / base
+        rate = decay(curve)[0]
+        if math.isfinite(rate):
+            name = f"{'errflow' if when == 'trained' else 'errflow_init'}.{state}.L{layer}"
+            out[f"{name}.log_decay_per_step"] = rate
     return out
