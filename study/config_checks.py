@@ -94,13 +94,17 @@ def check_cross_field(cfg, source: str, build, assign) -> None:
                           f"{cfg.train.seq_len} (k2, the steps back-propagated)")
 
 
+CLIP_MODES = ("none", "norm", "value", "preact")
+
+
 def parse_clip(spec: str) -> tuple[str, float | None]:
     """'none' -> ("none", None); 'norm:5' -> ("norm", 5.0)."""
     mode, _, value = str(spec).partition(":")
     if mode == "none" and not value:
         return "none", None
-    if mode not in ("norm", "value") or not value:
-        raise ValueError(f"{spec!r} is not none, norm:THRESHOLD or value:THRESHOLD")
+    if mode not in CLIP_MODES[1:] or not value:
+        raise ValueError(f"{spec!r} is not none, norm:THRESHOLD, value:THRESHOLD or "
+                         "preact:THRESHOLD")
     return mode, float(value)
 
 
@@ -120,9 +124,14 @@ def _check_sweep(cfg, source: str) -> None:
         if not 0 < f <= 1:
             raise ConfigError(f"{source}: k1 fraction {f} must be in (0, 1]")
     for m in s.clip_modes:
-        if m not in ("none", "norm", "value"):
-            raise ConfigError(f"{source}: sweep.clip_modes has {m!r}; choose from none, norm, "
-                              "value")
+        if m not in CLIP_MODES:
+            raise ConfigError(f"{source}: sweep.clip_modes has {m!r}; choose from "
+                              f"{', '.join(CLIP_MODES)}")
+    if s.k1 is not None:
+        low = min(s.grid_k2) if s.sampler == "grid" and s.grid_k2 else s.k2_min
+        if s.k1 > low:
+            raise ConfigError(f"{source}: sweep.k1 = {s.k1} exceeds the smallest k2 = {low}; "
+                              "k1 (new steps per update) must be <= every k2")
     if s.sampler == "grid":
         if not s.grid_k2 or not s.grid_clip or not s.grid_k1_fraction:
             raise ConfigError(f"{source}: the grid sampler needs sweep.grid_k2, grid_clip and "

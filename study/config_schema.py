@@ -30,7 +30,12 @@ class DataConfig:
     splits: list[float] | None = opt(
         None, "train/val/test fractions; default per corpus (WP 0.8/0.1/0.1, LK 0.9/0.05/0.05)")
     max_chars: int | None = opt(
-        None, "use only the first N characters of the file (quick runs)", lo=1000)
+        None, "use only the first N characters of the file (quick runs); for a generated "
+        "task, its size (default 200,000)", lo=1000)
+    lag: int = opt(50, "generated long-lag tasks (adding, temporal_order, embedded_reber): "
+                   "characters between the information and the target that needs it", lo=1)
+    seed: int = opt(0, "generated long-lag tasks: the seed of the text (fixed across "
+                    "training seeds)", lo=0)
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = opt("rmsprop", "optimizer", choices=("rmsprop", "adam"))
+    optimizer: str = opt("rmsprop", "optimizer: rmsprop (char-rnn), adam, or plain sgd (with "
+                         "`momentum`; Pascanu13's setting, where clipping matters)",
+                         choices=("rmsprop", "adam", "sgd"))
     lr: float = opt(2e-3, "learning rate", lo=0.0, lo_open=True)
+    momentum: float = opt(0.0, "sgd: heavy-ball momentum (0: plain SGD)", lo=0.0, hi=1.0,
+                          hi_open=True)
     rmsprop_alpha: float = opt(0.95, "RMSProp decay (char-rnn: 0.95)", lo=0.0, hi=1.0,
                                lo_open=True, hi_open=True)
     lr_decay: float = opt(0.95, "multiply the learning rate by this every epoch after "
@@ -71,9 +80,12 @@ class TrainConfig:
     epochs: int = opt(50, "maximum number of passes over the training split", lo=1)
     patience: int | None = opt(5, "early stopping: epochs without a better val loss (null: "
                                "off)", lo=1)
-    clip: str = opt("value", "gradient clipping: none, norm (Pascanu13) or value (char-rnn)",
-                    choices=("none", "norm", "value"))
-    clip_value: float = opt(5.0, "the clipping threshold", lo=0.0, lo_open=True)
+    clip: str = opt("value", "gradient clipping: none, norm (Pascanu13: the whole gradient "
+                    "rescaled to norm <= θ), value (char-rnn: each parameter gradient "
+                    "component to [-θ, θ]) or preact (Graves13: dL/d(pre-activation) of every "
+                    "gate to [-θ, θ] at every step, inside back-propagation)",
+                    choices=("none", "norm", "value", "preact"))
+    clip_value: float = opt(5.0, "the clipping threshold θ", lo=0.0, lo_open=True)
     divergence_factor: float = opt(3.0, "stop when the loss exceeds this times the initial",
                                    lo=1.0, lo_open=True)
     eval_seq_len: int = opt(500, "chunk length when evaluating (no gradients)", lo=1)
@@ -140,7 +152,12 @@ class SweepConfig:
     k2_max: int = opt(250, "largest k2 (log scale)", lo=1)
     k1_fractions: list[float] = opt([1.0, 0.5, 0.25], "k1 as a fraction of k2 (1.0: k1 = k2, "
                                     "the paper's setting)")
-    clip_modes: list[str] = opt(["none", "norm", "value"], "clipping schemes to try")
+    k1: int | None = opt(None, "hold k1 (new characters per update) fixed at this value and "
+                         "vary only k2: every trial takes the same updates over the same "
+                         "characters, and only the gradient's reach differs (replaces the k1 "
+                         "fractions)", lo=1)
+    clip_modes: list[str] = opt(["none", "norm", "value"], "clipping schemes to try (none, "
+                                "norm, value, preact)")
     clip_min: float = opt(0.1, "smallest clipping threshold (log scale)", lo=0.0, lo_open=True)
     clip_max: float = opt(10.0, "largest clipping threshold", lo=0.0, lo_open=True)
     lr_min: float | None = opt(None, "also search the learning rate from lr_min ...",
@@ -149,7 +166,8 @@ class SweepConfig:
     grid_k2: list[int] = opt([25, 50, 100, 200], "grid sampler: k2 values")
     grid_k1_fraction: list[float] = opt([1.0], "grid sampler: k1 fractions")
     grid_clip: list[str] = opt(["none", "norm:1", "norm:5", "value:1", "value:5"],
-                               "grid sampler: none, or mode:threshold")
+                               "grid sampler: none, or mode:threshold (mode norm, value or "
+                               "preact)")
     grid_lr: list[float] = opt([], "grid sampler: learning rates (empty: train.lr)")
     keep_checkpoints: bool = opt(True, "each trial logs its best checkpoint and model, so "
                                  "that the best trial can be inspected")

@@ -105,6 +105,7 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
         trial.set_user_attr("diverged", True)
         raise Diverged(twin.user_attrs.get("fail_reason", f"as trial {twin.number}"))
     child = trial_config(cfg, params)
+    trial.set_user_attr("k1", child.train.k1)
     labels = RunLabels(trial_name(child, params), {
         "kind": "trial", "study": study.study_name, "trial_number": trial.number,
         "variant": child.model.cell, "dataset": child.data.corpus,
@@ -337,9 +338,10 @@ def _after_dead_workers(study, store, url: str, codes: list[int]) -> bool:
 
 def _describe(cfg: Config) -> str:
     s = cfg.sweep
-    space = (f"grid k2 {s.grid_k2} × k1/k2 {s.grid_k1_fraction} × clip {s.grid_clip}"
+    k1 = f"k1 = {s.k1} fixed" if s.k1 is not None else None
+    space = (f"grid k2 {s.grid_k2} × {k1 or f'k1/k2 {s.grid_k1_fraction}'} × clip {s.grid_clip}"
              + (f" × lr {s.grid_lr}" if s.grid_lr else "")) if s.sampler == "grid" else (
-        f"k2 {s.k2_min}..{s.k2_max} (log) × k1/k2 {s.k1_fractions} × clip {s.clip_modes} "
+        f"k2 {s.k2_min}..{s.k2_max} (log) × {k1 or f'k1/k2 {s.k1_fractions}'} × clip {s.clip_modes} "
         f"{s.clip_min}..{s.clip_max}" + (f" × lr {s.lr_min}..{s.lr_max}" if s.lr_min else ""))
     return (f"Optuna study of TBPTT and clipping: {cfg.model.cell} on {cfg.data.corpus}, "
             f"{cfg.model.num_layers}×{cfg.model.hidden_size}, {cfg.train.epochs} epochs per "

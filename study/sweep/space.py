@@ -13,9 +13,10 @@ from study.config import Config, parse_clip, updated
 
 def suggest(trial: optuna.Trial, s: config_mod.SweepConfig) -> dict:
     """The trial's parameters (fixed ones when it was enqueued from the grid)."""
-    p = {"k2": trial.suggest_int("k2", s.k2_min, s.k2_max, log=True),
-         "k1_fraction": trial.suggest_categorical("k1_fraction", _fractions(s)),
-         "clip_mode": trial.suggest_categorical("clip_mode", _modes(s))}
+    p = {"k2": trial.suggest_int("k2", s.k2_min, s.k2_max, log=True)}
+    if s.k1 is None:  # with sweep.k1 set, k1 is fixed and not a parameter
+        p["k1_fraction"] = trial.suggest_categorical("k1_fraction", _fractions(s))
+    p["clip_mode"] = trial.suggest_categorical("clip_mode", _modes(s))
     if p["clip_mode"] != "none":
         p["clip_value"] = trial.suggest_float("clip_value", s.clip_min, s.clip_max, log=True)
     if s.lr_min is not None or (s.sampler == "grid" and s.grid_lr):
@@ -40,11 +41,12 @@ def _modes(s):
 def grid_points(s: config_mod.SweepConfig) -> list[dict]:
     points = []
     for k2 in s.grid_k2:
-        for f in s.grid_k1_fraction:
+        for f in (s.grid_k1_fraction if s.k1 is None else [None]):
             for clip in s.grid_clip:
                 mode, value = parse_clip(clip)
                 for lr in s.grid_lr or [None]:
-                    p = {"k2": k2, "k1_fraction": f, "clip_mode": mode}
+                    p = {"k2": k2, **({"k1_fraction": f} if f is not None else {}),
+                         "clip_mode": mode}
                     if value is not None:
                         p["clip_value"] = value
                     if lr is not None:
@@ -60,13 +62,17 @@ def param_key(params: dict) -> str:
 
 def trial_config(cfg: Config, p: dict) -> Config:
     k2 = int(p["k2"])
-    changes = {"train.seq_len": k2, "train.k1": max(1, round(p["k1_fraction"] * k2)),
-               "train.clip": p["clip_mode"]}
+    changes = {"train.seq_len": k2, "train.k1": k1_of(cfg.sweep, p), "train.clip": p["clip_mode"]}
     if "clip_value" in p:
         changes["train.clip_value"] = float(p["clip_value"])
     if "lr" in p:
         changes["train.lr"] = float(p["lr"])
     return updated(cfg, changes)
+
+
+def k1_of(s: config_mod.SweepConfig, p: dict) -> int:
+    """A trial's k1: sweep.k1 when it is fixed, else its fraction of k2."""
+    return s.k1 if s.k1 is not None else max(1, round(p["k1_fraction"] * int(p["k2"])))
 
 
 def clip_label(p: dict) -> str:

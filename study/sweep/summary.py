@@ -28,7 +28,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         rows.append({
             "trial": t.number, "state": t.state.name, "val_nats_per_char": t.value,
             "k2": p.get("k2"), "k1_fraction": p.get("k1_fraction"),
-            "k1": max(1, round(p["k1_fraction"] * p["k2"])) if "k2" in p else None,
+            "k1": t.user_attrs.get("k1", max(1, round(p["k1_fraction"] * p["k2"]))
+                                   if "k1_fraction" in p else None),
             "clip": clip_label(p) if "clip_mode" in p else None, "lr": p.get("lr"),
             "epochs_reported": len(t.intermediate_values),
             "last_reported_val": (t.intermediate_values[max(t.intermediate_values)]
