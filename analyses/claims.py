@@ -255,9 +255,9 @@ def c_clipping(runs, df):
         none, clipped = t[t["clip"] == "none"], t[(t["clip"] != "none") & t["clip"].notna()]
         if not len(none) or not len(clipped):
             continue
-        diverged = int((none.state == "FAIL").sum())
-        best_none = none[none.state == "COMPLETE"].val_nats_per_char.min()
-        best_clip = clipped[clipped.state == "COMPLETE"].val_nats_per_char.min()
+        diverged = int(_diverged(none).sum())
+        best_none = none[_converged(none)].val_nats_per_char.min()
+        best_clip = clipped[_converged(clipped)].val_nats_per_char.min()
         ok.append(bool(diverged) or best_none != best_none or best_none > best_clip + MARGIN)
         rows.append(f"study {s.get('tag.study')}: without clipping {diverged} of {len(none)} "
                     f"trials diverged, best val {best_none:.3f} nats/char; with clipping best "
@@ -266,6 +266,78 @@ def c_clipping(runs, df):
         return NOT_RUN, "needs a sweep with and without clipping (configs/sweep_bptt_clip.yaml)"
     return (REPRODUCED if all(ok) else NOT), "; ".join(rows) + (
         f" (one sweep: a difference under {MARGIN} nats/char is not claimed)")
+
+
+def _diverged(t: pd.DataFrame) -> pd.Series:
+    """Diverged trials: outcome "diverged" (COMPLETE at the penalty), or FAIL in a table
+    written before divergence was an outcome."""
+    if "outcome" in t:
+        return t.outcome == "diverged"
+    return t.state == "FAIL"
+
+
+def _converged(t: pd.DataFrame) -> pd.Series:
+    return (t.state == "COMPLETE") & ~_diverged(t)
+
+
+def c_too_short_bptt(runs, df):
+    """From the studies that vary k2 alone (analyses.truncation) and the long-lag runs
+    (analyses.longlag). Reproduced when, in every such study, the shortest k2 (= k1) ends
+    at least MARGIN above the best k2, and, where long-lag runs exist, the gated cells
+    (lstm, gru) learn the task more often with k2 ≥ lag than with k2 < lag."""
+    from analyses import longlag, truncation
+
+    found = truncation.studies(runs)
+    if not found:
+        return NOT_RUN, ("needs a study that varies k2 alone at fixed k1 "
+                         "(configs/sweep_bptt.yaml, sweep_bptt_linux.yaml)")
+    rows, ok = [], []
+    for s, done in found:
+        gap, short, best = truncation.penalty(done)
+        ok.append(gap >= MARGIN)
+        rows.append(f"study {s.get('tag.study')} (k1 = {int(done.k1.iloc[0])}, "
+                    f"{int(s.get('param.train.epochs', 0) or 0)} epochs, val nats/char): k2 = "
+                    f"{short} is {gap:+.4f} above the best k2 = {best}")
+    o = longlag.outcomes(runs)
+    if len(o):
+        gated = o[o.cell.isin(["lstm", "gru"])]
+        far, near = gated[gated.k2 < gated.lag], gated[gated.k2 >= gated.lag]
+        if len(far) and len(near):
+            ok.append(far.learned.mean() < near.learned.mean())
+            rows.append(f"long-lag ({', '.join(sorted(o.task.unique()))}; lstm and gru): "
+                        f"learned in {int(near.learned.sum())}/{len(near)} runs with k2 ≥ lag, "
+                        f"{int(far.learned.sum())}/{len(far)} with k2 < lag")
+    return (REPRODUCED if all(ok) else NOT), "; ".join(rows) + (
+        f" (hurts: the shortest k2 at least {MARGIN} nats/char above the best, one seed)")
+
+
+def c_clip_prevents_divergence(runs, df):
+    """From studies with unclipped and clipped trials at the same learning rates: at every
+    learning rate where an unclipped trial diverged, some clipped trial converged."""
+    rows, ok, any_lr = [], [], False
+    for s, t in _trials(runs):
+        if "lr" not in t or t.lr.isna().all():
+            continue
+        none = t[t["clip"] == "none"]
+        clipped = t[(t["clip"] != "none") & t["clip"].notna()]
+        if not len(none) or not len(clipped):
+            continue
+        any_lr = True
+        bad_lrs = sorted(none[_diverged(none)].lr.unique())
+        for lr in bad_lrs:
+            at = clipped[clipped.lr == lr]
+            saved = sorted(at[_converged(at)]["clip"].unique())
+            ok.append(bool(saved))
+            rows.append(f"study {s.get('tag.study')}, lr {lr:g}: unclipped diverged; "
+                        f"converged with {', '.join(saved) or 'no clipping mode'} "
+                        f"(of {len(at)} clipped trials)")
+    if not any_lr:
+        return NOT_RUN, ("needs a study over learning rates with and without clipping "
+                         "(configs/sweep_bptt_clip.yaml)")
+    if not ok:
+        return NOT_RUN, ("no unclipped trial diverged in the studies over learning rates: the "
+                         "regime where clipping matters was not reached")
+    return (REPRODUCED if all(ok) else NOT), "; ".join(rows)
 
 
 def c_lr(runs, df):
@@ -299,6 +371,8 @@ CHECKS = {
     "error_flow_rnn_vanishes": c_error_flow,
     "bptt_50_costs_little": c_bptt_50,
     "clipping_needed": c_clipping,
+    "too_short_bptt_hurts": c_too_short_bptt,
+    "clipping_prevents_divergence": c_clip_prevents_divergence,
     "lr_most_important": c_lr,
 }
 
@@ -320,6 +394,11 @@ def behind(claim_id: str, runs, df: pd.DataFrame) -> pd.DataFrame:
     draws its verdict from."""
     if claim_id in ("bptt_50_costs_little", "clipping_needed", "lr_most_important"):
         return pd.DataFrame([s for s, _ in _trials(runs)])
+    if claim_id in ("too_short_bptt_hurts", "clipping_prevents_divergence"):
+        # training procedures compared within one study at one budget (and long-lag runs
+        # on a synthetic task): the sizes for judging what a cell learns do not apply; the
+        # evidence states each study's k1, epochs and lr
+        return pd.DataFrame()
     if claim_id in ("forget_gates_right_saturated", "output_gates_not_saturated",
                     "first_layer_diffuse"):
         families = ("lstm", "gru") if claim_id == "first_layer_diffuse" else ("lstm",)

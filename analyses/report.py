@@ -30,12 +30,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses import claims, common, curves, error_flow, saturation, sweeps, table1, units, variants
+from analyses import (
+    claims,
+    common,
+    curves,
+    error_flow,
+    longlag,
+    saturation,
+    sweeps,
+    table1,
+    truncation,
+    units,
+    variants,
+)
 from analyses.common import Section
 from analyses.runs import Runs
 from study.formats import cell_text, is_numeric, markdown_table
 
-SECTIONS = [table1, variants, curves, saturation, units, error_flow, sweeps, claims]
+SECTIONS = [table1, variants, curves, saturation, units, error_flow, sweeps, truncation,
+            longlag, claims]
 
 
 def build_all(runs: Runs, out: Path) -> tuple[list[Section], dict[str, str]]:

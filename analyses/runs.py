@@ -18,7 +18,7 @@ import pandas as pd
 from study.tracking import Reader
 
 NUMERIC_PARAMS = ("model.num_layers", "model.hidden_size", "train.seed", "train.seq_len",
-                  "train.epochs", "train.lr")
+                  "train.epochs", "train.lr", "train.k1", "data.lag")
 NOT_RESULTS = ("Default", "report")  # experiments left out unless asked for by name
 
 
@@ -72,7 +72,18 @@ class Runs:
 
     @property
     def train(self) -> pd.DataFrame:
-        """Finished training runs with a test loss."""
+        """Finished training runs with a test loss, on text corpora (the generated long-lag
+        tasks' runs are `tasks`: their losses are not comparable with a corpus's)."""
+        df = self._finished()
+        return df[~_on_task(df)] if len(df) else df
+
+    @property
+    def tasks(self) -> pd.DataFrame:
+        """Finished training runs on a generated long-lag task (study.tasks)."""
+        df = self._finished()
+        return df[_on_task(df)] if len(df) else df
+
+    def _finished(self) -> pd.DataFrame:
         df = self.of_kind("train")
         if df.empty or "test_nats_per_char" not in df:
             return df.iloc[0:0]
@@ -99,6 +110,14 @@ class Runs:
     def csv(self, run_id: str, path: str) -> pd.DataFrame | None:
         p = self.artifact(run_id, path)
         return pd.read_csv(p) if p is not None and p.is_file() else None
+
+
+def _on_task(df: pd.DataFrame) -> pd.Series:
+    from study.tasks import TASKS
+
+    if "tag.dataset" not in df:
+        return pd.Series(False, index=df.index)
+    return df["tag.dataset"].isin(TASKS)
 
 
 def describe_run(row) -> str:

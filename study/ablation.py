@@ -25,7 +25,7 @@ from pathlib import Path
 
 from study import config as config_mod
 from study.config import Config
-from study.data import Corpus, load_corpus
+from study.data import Corpus, corpus_key, load_corpus
 from study.formats import bits, markdown_table
 from study.runner import RESUME_HINT, RunLabels, run_one
 from study.signals import join_workers, sigterm_as_interrupt
@@ -210,9 +210,10 @@ def run_job(job, queue, store, corpora: dict[str, Corpus], results_dir: Path, *,
     from study.sweep.queue import heartbeat
 
     cfg = config_mod.from_dict(job.config, f"<job {job.name}>")
-    if cfg.data.corpus not in corpora:
-        corpora[cfg.data.corpus] = load_corpus(cfg.data, results_dir / "cache")
-    corpus = corpora[cfg.data.corpus]
+    key = corpus_key(cfg.data)
+    if key not in corpora:
+        corpora[key] = load_corpus(cfg.data, results_dir / "cache")
+    corpus = corpora[key]
     spec = RunSpec(cfg.model.cell, cfg.data.corpus, cfg.train.seed, cfg, job.hash, job.axes)
     done = store.completed(spec.hash) if store is not None and not job.force else None
     if done is not None:  # finished by another command since it was queued
@@ -299,5 +300,7 @@ def describe(cfg: Config, plan: list[RunSpec]) -> str:
     return (f"{cfg.name}: {len(plan)} runs — variants {sorted({p.variant for p in plan})} × "
             f"datasets {sorted({p.dataset for p in plan})}{grid} × seeds "
             f"{sorted({p.seed for p in plan})}; {m.num_layers}×{m.hidden_size} units{match}, "
-            f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}, seq {t.seq_len}, "
-            f"up to {t.epochs} epochs. Losses in nats/char (bits = nats / ln 2).")
+            f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}"
+            + ("" if "train.seq_len" in cfg.ablation.grid else f", seq {t.seq_len}")
+            + (f", k1 {t.k1}" if t.k1 is not None else "")
+            + f", up to {t.epochs} epochs. Losses in nats/char (bits = nats / ln 2).")

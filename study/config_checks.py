@@ -65,10 +65,16 @@ def check_cross_field(cfg, source: str, build, assign) -> None:
                                   f"{name!r} has no truncated gradient; cells with one: "
                                   f"{', '.join(ok)}")
     if cfg.data.path is None:
+        from study.tasks import MIN_LAG, TASKS
+
         for name in cfg.ablation.datasets or [cfg.data.corpus]:
-            if name not in CORPORA:
+            if name not in CORPORA and name not in TASKS:
                 raise ConfigError(f"{source}: unknown corpus {name!r}; known corpora: "
-                                  f"{', '.join(CORPORA)} (or set data.path to a UTF-8 file)")
+                                  f"{', '.join(CORPORA)}; generated long-lag tasks: "
+                                  f"{', '.join(TASKS)} (or set data.path to a UTF-8 file)")
+            if name in TASKS and cfg.data.lag < MIN_LAG[name]:
+                raise ConfigError(f"{source}: data.lag = {cfg.data.lag} is below {name}'s "
+                                  f"minimum lag {MIN_LAG[name]}")
     elif cfg.ablation.datasets:
         raise ConfigError(f"{source}: data.path is set, so ablation.datasets must be empty "
                           "(one file per config); remove one of them")

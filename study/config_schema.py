@@ -25,7 +25,9 @@ def opt(default: Any, doc: str, *, choices: tuple | None = None, lo: float | Non
 
 @dataclass(frozen=True)
 class DataConfig:
-    corpus: str = opt("warpeace", "a known corpus (warpeace, linux); with `path`, a label for it")
+    corpus: str = opt("warpeace", "a known corpus (warpeace, linux), a generated long-lag task "
+                      "(adding, temporal_order, embedded_reber: study.tasks); with `path`, a "
+                      "label for the file")
     path: str | None = opt(None, "any UTF-8 text file to use instead of a known corpus")
     splits: list[float] | None = opt(
         None, "train/val/test fractions; default per corpus (WP 0.8/0.1/0.1, LK 0.9/0.05/0.05)")
@@ -169,6 +171,9 @@ class SweepConfig:
                                "grid sampler: none, or mode:threshold (mode norm, value or "
                                "preact)")
     grid_lr: list[float] = opt([], "grid sampler: learning rates (empty: train.lr)")
+    diverged_value: float | None = opt(
+        None, "objective of a trial that diverged (default: ln V nats/char, the uniform "
+        "prediction's loss); a diverged trial is a result, not a failure")
     keep_checkpoints: bool = opt(True, "each trial logs its best checkpoint and model, so "
                                  "that the best trial can be inspected")
 

@@ -36,3 +36,4 @@ CORPORA: dict[str, KnownCorpus] = {
         6_206_996, (0.9, 0.05, 0.05), "Linux kernel source (Karpathy15's LK)"),
 }
 DEFAULT_SPLITS = (0.9, 0.05, 0.05)
+GENERATED_SPLITS = (0.8, 0.1, 0.1)  # study.tasks' long-lag corpora

@@ -13,7 +13,13 @@ and test splits never meet an unknown character. The encoded text is cached unde
 cache that fails the check is rebuilt from the text.
 
 Splits are contiguous: the first 80% train, the next 10% validation, the rest test (WP;
-LK uses 90/5/5, as in Karpathy15).
+LK uses 90/5/5, as in Karpathy15; a generated long-lag task, 80/10/10).
+
+Generated corpora: `data.corpus` may name one of Hochreiter97's long-lag tasks (adding,
+temporal_order, embedded_reber; study.tasks), generated from (data.lag, data.seed,
+data.max_chars or 200,000 characters), written once under the cache folder, and from then
+on read like any file; the corpus remembers its task, so that the target characters can be
+scored apart (study.targets).
 
 Batch layout (letters: T time, B batch streams, L stream length)
 ----------------------------------------------------------------
@@ -44,7 +50,9 @@ reset to zero at the start of every epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -59,7 +67,7 @@ import numpy as np
 import torch
 
 from study.config import DataConfig
-from study.corpora import CORPORA, DEFAULT_SPLITS, KnownCorpus
+from study.corpora import CORPORA, DEFAULT_SPLITS, GENERATED_SPLITS, KnownCorpus
 from study.files import (
     UnreadableFile,
     atomic_save,
@@ -208,6 +216,8 @@ class Corpus:
     vocab: str  # the characters, sorted by code point; index = token id
     ids: torch.Tensor  # (N,) token ids of the whole text
     splits: dict[str, torch.Tensor]  # train/val/test slices of ids
+    task: str | None = None  # a generated long-lag task (study.tasks), scored on its targets
+    lag: int | None = None  # the task's lag, in characters
 
     @property
     def vocab_size(self) -> int:
@@ -224,8 +234,43 @@ class Corpus:
         return "".join(self.vocab[int(i)] for i in ids)
 
 
+def corpus_key(cfg: DataConfig) -> str:
+    """What identifies the corpus a data section gives: the whole section (a grid over
+    data.lag or data.max_chars gives each value its own corpus)."""
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+GENERATED_CHARS = 200_000  # a generated task's default size (data.max_chars overrides)
+
+
+def generated_file(cfg: DataConfig, cache_dir: Path | None) -> Path:
+    """Write the long-lag task cfg.corpus names (study.tasks) to a text file, once per
+    (task, lag, seed, size), and return its path: from there on it is a corpus like any
+    other (checksummed, encoded, cached, logged as the run's dataset)."""
+    from study import tasks
+
+    chars = cfg.max_chars or GENERATED_CHARS
+    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / \
+        "study-cache"
+    path = folder / "tasks" / f"{cfg.corpus}-lag{cfg.lag}-seed{cfg.seed}-{chars}.txt"
+    if not path.is_file():
+        text = tasks.generate(cfg.corpus, lag=cfg.lag, seed=cfg.seed, chars=chars)
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
 def load_corpus(cfg: DataConfig, cache_dir: Path | None = None) -> Corpus:
-    """Find, read, encode (cached by checksum) and split the corpus a config names."""
+    """Find (or generate), read, encode (cached by checksum) and split the corpus a config
+    names."""
+    task = None
+    if cfg.path is None and cfg.corpus not in CORPORA:
+        from study.tasks import TASKS
+
+        if cfg.corpus not in TASKS:
+            raise DataError(f"unknown corpus {cfg.corpus!r}; known corpora: "
+                            f"{', '.join([*CORPORA, *TASKS])} (or set data.path)")
+        task = cfg.corpus
+        cfg = dataclasses.replace(cfg, path=str(generated_file(cfg, cache_dir)))
     if cfg.path is not None:
         path, name, known = Path(cfg.path), cfg.corpus, None
         if path.is_dir():
@@ -255,8 +300,10 @@ def load_corpus(cfg: DataConfig, cache_dir: Path | None = None) -> Corpus:
                          "max_chars": cfg.max_chars, "checksum": _checksum(vocab, ids)},
                         cache_file)
     vocab, ids = vocab_ids
-    splits = cfg.splits or (known.splits if known else DEFAULT_SPLITS)
-    return Corpus(name, path, digest, vocab, ids, split(ids, splits))
+    splits = cfg.splits or (known.splits if known else (
+        GENERATED_SPLITS if task else DEFAULT_SPLITS))
+    return Corpus(name, path, digest, vocab, ids, split(ids, splits), task=task,
+                  lag=cfg.lag if task else None)
 
 
 def _encode(text: str) -> tuple[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from study import config as config_mod
 from study.ablation import RunSpec, describe, ok, run_ablation, summary_table
 from study.config import Config, ConfigError, TrackingConfig, run_hash, updated
-from study.data import Corpus, DataError, load_corpus
+from study.data import Corpus, DataError, corpus_key, load_corpus
 from study.signals import exit_code, sigterm_as_interrupt
 from study.train import CheckpointError
 
@@ -33,10 +33,17 @@ def datasets_of(cfg: Config) -> list[str]:
 
 
 def load_corpora(cfg: Config) -> dict[str, Corpus]:
-    """Every corpus the config names, found, decoded and encoded (the slow checks first)."""
+    """Every corpus the config names, found (or generated), decoded and encoded (the slow
+    checks first), keyed by data.corpus_key: one per dataset and value of a data.* axis."""
     cache = Path(cfg.tracking.results_dir) / "cache"
-    return {name: load_corpus(updated(cfg, {"data.corpus": name}).data, cache)
-            for name in datasets_of(cfg)}
+    data_axes = [(k, v) for k, v in cfg.ablation.grid.items() if k.startswith("data.")]
+    sections = {}
+    for name in datasets_of(cfg):
+        for combo in itertools.product(*(values for _, values in data_axes)):
+            d = updated(cfg, {"data.corpus": name, **dict(zip([k for k, _ in data_axes], combo,
+                                                              strict=True))}).data
+            sections[corpus_key(d)] = d
+    return {key: load_corpus(d, cache) for key, d in sections.items()}
 
 
 def make_plan(cfg: Config, corpora: dict[str, Corpus]) -> list[RunSpec]:
@@ -51,7 +58,7 @@ def make_plan(cfg: Config, corpora: dict[str, Corpus]) -> list[RunSpec]:
         changes = dict(zip([k for k, _ in axes], combo, strict=True))
         child = updated(cfg, changes)
         if g.match_params_to:
-            vocab = corpora[child.data.corpus].vocab_size
+            vocab = corpora[corpus_key(child.data)].vocab_size
             child = updated(child, {"model.hidden_size": matched_width(
                 child.model, vocab, g.match_params_to)})
         extra = {k: changes[k] for k, _ in axes[2:-1]}
@@ -76,8 +83,9 @@ def check_sizes(plan: list[RunSpec], corpora: dict[str, Corpus]) -> None:
     seen = set()
     for spec in plan:
         t, pr = spec.cfg.train, spec.cfg.probes
-        corpus = corpora[spec.dataset]
-        key = (spec.dataset, t.batch_size, pr.enabled and pr.error_flow, pr.error_flow_q)
+        corpus = corpora[corpus_key(spec.cfg.data)]
+        key = (corpus_key(spec.cfg.data), t.batch_size, pr.enabled and pr.error_flow,
+               pr.error_flow_q)
         if key in seen:
             continue
         seen.add(key)
@@ -119,7 +127,7 @@ def print_plan(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus]) -> 
 
     print(describe(cfg, plan))
     for spec in plan:
-        c = corpora[spec.dataset]
+        c = corpora[corpus_key(spec.cfg.data)]
         n = count_params(spec.cfg.model, c.vocab_size)
         print(f"  {spec.name:36s} {spec.cfg.model.num_layers}x{spec.cfg.model.hidden_size:<5d} "
               f"{n:>10,} params  hash {spec.hash}  corpus {c.path} ({len(c.ids):,} chars, "

@@ -7,7 +7,12 @@ It opens the run (or takes up an interrupted one of the same configuration, with
 epoch logs the metrics, a sample and the every-N-epochs probes before handing the epoch
 to the caller's own callback (a sweep's pruner). After training it logs the test loss,
 runs the probes and logs their metrics, tags and files, logs the checkpoint, and
-ends the run with its final status and reason:
+ends the run with its final status and reason. On a generated long-lag task (study.tasks)
+it also logs, per epoch and at the end, the loss on the target characters alone
+(`loss/val_target_nats_per_char`, test likewise; study.targets) and tags whether the run
+learned the dependency (`task.learned`, by study.targets' stated threshold).
+
+Final statuses:
 
     finished         FINISHED
     failed           FAILED, "loss became nan at epoch 3" (diverged)
@@ -33,12 +38,14 @@ from pathlib import Path
 
 import torch
 
+from study import tasks
 from study import train as training
 from study.config import Config
 from study.data import Corpus
 from study.formats import bits
 from study.model import CharLM, sample
 from study.probes import ProbeResult, run_probes
+from study.targets import success_threshold, target_nats
 
 RESUME_HINT = "continue with --resume"
 
@@ -102,6 +109,11 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
         metrics = dict(rep.metrics)
         if not _lr_varies(cfg):  # a constant is a param (train.lr), not a chart
             metrics.pop("lr", None)
+        if corpus.task is not None:  # whether the long-lag dependency is being learned
+            metrics["val_target_nats_per_char"] = target_nats(
+                rep.model, corpus, "val", cfg.train.batch_size, cfg.train.eval_seq_len,
+                rep.device)[0]
+            metrics["val_target_bits_per_char"] = bits(metrics["val_target_nats_per_char"])
         run.log_metrics(metrics, step=rep.epoch)
         if cfg.train.sample_chars:
             run.log_text(sample_text(rep.model, corpus, cfg.train.sample_chars,
@@ -125,6 +137,8 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
         run.log_metrics({"test_nats_per_char": res.test, "test_bits_per_char": bits(res.test),
                          "best_val_nats_per_char": res.best_val, "best_epoch": res.best_epoch,
                          "epochs_trained": res.epochs})
+        if corpus.task is not None:
+            _log_targets(run, res, cfg, corpus)
         probes = _final_probes(run, res, cfg, corpus, title) if cfg.probes.enabled else None
         res.seconds = time.perf_counter() - t0  # the whole run: training, test and probes
         run.log_metrics({"run_seconds": res.seconds})
@@ -149,6 +163,26 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
         return Outcome("probes failed", reason, run.run_id, res, probes)
     run.end("FINISHED")
     return Outcome("finished", "", run.run_id, res, probes)
+
+
+def _log_targets(run, res: training.Result, cfg: Config, corpus: Corpus) -> None:
+    """A generated task's target loss on val and test (the best checkpoint), its chance
+    loss and the success threshold (study.targets)."""
+    t = cfg.train
+    out = {}
+    for split, name in (("val", "best_val"), ("test", "test")):
+        nats, count = target_nats(res.model, corpus, split, t.batch_size, t.eval_seq_len,
+                                  res.device)
+        out[f"{name}_target_nats_per_char"] = nats
+        out[f"{name}_target_bits_per_char"] = bits(nats)
+        out[f"{split}_targets"] = count
+    run.log_metrics(out)
+    run.set_tags({"task": corpus.task, "task.lag": corpus.lag,
+                  "task.chance_nats_per_char": f"{tasks.chance_nats(corpus.task):.4f}",
+                  "task.success_below_nats_per_char":
+                      f"{success_threshold(corpus.task):.4f}",
+                  "task.learned": str(out["test_target_nats_per_char"]
+                                      < success_threshold(corpus.task)).lower()})
 
 
 def _open(store, cfg: Config, corpus: Corpus, labels: RunLabels, ckpt_dir: Path,

@@ -7,6 +7,18 @@ Losses are mean cross-entropy in nats per character (bits = nats / ln 2). The tr
 loss of an epoch is the mean over its updates' new steps; validation and test losses are
 over the whole split with the state carried across chunks, as in char-rnn.
 
+Clipping (train.clip, threshold θ = train.clip_value), and what each epoch logs about it:
+- `norm` (Pascanu13): the whole gradient g ← θ g / ‖g‖ when ‖g‖ > θ;
+- `value` (char-rnn): each parameter-gradient component to [−θ, θ];
+- `preact` (Graves13): inside back-propagation, dL/d(pre-activation) of every gate and cell
+  input to [−θ, θ] at every time step (study.engine.scan.clip_preactivations).
+An update is *clipped* when clipping changed its gradient (‖g‖ > θ; some component above θ;
+some pre-activation derivative clamped). Each epoch records the fraction of its updates
+that were clipped (`clip_rate`) and the quantiles of the global L2 norm of the parameter
+gradient before any parameter clipping (`grad_norm_preclip_p50`, `_p99`, `_mean`, `_max`;
+for `preact`, the norm after the clamping inside back-propagation, which is the gradient
+the optimizer gets).
+
 Guard rails (char-rnn, torch-rnn): a NaN/inf loss or a loss above `divergence_factor`
 times the initial one stops the run with the reason. A checkpoint is written atomically
 after every epoch (model, optimizer, RNG states, config, vocabulary, history), so a killed
@@ -20,6 +32,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +43,7 @@ from tqdm import tqdm
 
 from study import data, files
 from study.config import Config, to_dict
-from study.engine.scan import single_backward
+from study.engine.scan import clip_preactivations, single_backward
 from study.formats import bits
 from study.model import CharLM, detach_state
 
@@ -88,6 +101,8 @@ def make_optimizer(model: CharLM, cfg: Config) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "rmsprop":  # char-rnn: decay 0.95, eps 1e-8
         return torch.optim.RMSprop(model.parameters(), lr=t.lr, alpha=t.rmsprop_alpha, eps=1e-8)
+    if t.optimizer == "sgd":  # Pascanu13: plain SGD, where the gradient's size is the step's
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum)
     return torch.optim.Adam(model.parameters(), lr=t.lr)
 
 
@@ -102,30 +117,41 @@ def lr_at(cfg: Config, epoch: int) -> float:
 # one update, one evaluation
 
 
-def clip_gradients(model: CharLM, mode: str, value: float) -> float:
-    """Clip in place; return the gradient's global L2 norm before clipping."""
+def clip_gradients(model: CharLM, mode: str, value: float) -> tuple[float, bool]:
+    """Clip the parameter gradients in place (modes norm and value); return their global L2
+    norm before clipping and whether clipping changed them."""
     params = [p for p in model.parameters() if p.grad is not None]
     if mode == "norm":  # Pascanu13: g <- θ g / ‖g‖ when ‖g‖ > θ
-        return float(torch.nn.utils.clip_grad_norm_(params, value))
+        norm = float(torch.nn.utils.clip_grad_norm_(params, value))
+        return norm, norm > value
     norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
-    if mode == "value":  # char-rnn/Graves: each component clipped to [−θ, θ]
+    if mode == "value":  # char-rnn: each component clipped to [−θ, θ]
+        clipped = any(bool((p.grad.abs() > value).any()) for p in params)
         torch.nn.utils.clip_grad_value_(params, value)
-    return norm
+        return norm, clipped
+    return norm, False
 
 
 def train_step(model, opt, x, y, state, w: data.Window, cfg: Config):
     """One TBPTT update over window w of the (L, B) grids x, y. Returns (loss in nats/char
-    of the new steps, grad norm before clipping, the carried state)."""
+    of the new steps, grad norm before clipping, whether clipping changed the gradient, the
+    carried state). With time_reduction "sum" the gradient is that of the loss summed over
+    the k1 new steps (averaged over the batch), as char-rnn's."""
+    t = cfg.train
     xs = x[w.start:w.end]
-    with single_backward():  # back-propagated once, below: the engine may reuse buffers
+    preact = clip_preactivations(t.clip_value) if t.clip == "preact" else nullcontext()
+    # back-propagated once, below: the engine may reuse buffers
+    with single_backward(), preact as clamp:
         logits, _, carry = model(xs, state, carry_at=w.carry - w.start)
     new = logits[w.new - w.start:]  # (k1, B, V)
     loss = F.cross_entropy(new.reshape(-1, new.shape[-1]), y[w.new:w.end].reshape(-1))
     opt.zero_grad(set_to_none=True)
-    (loss * (w.end - w.new) if cfg.train.time_reduction == "sum" else loss).backward()
-    norm = clip_gradients(model, cfg.train.clip, cfg.train.clip_value)
+    (loss * (w.end - w.new) if t.time_reduction == "sum" else loss).backward()
+    norm, clipped = clip_gradients(model, t.clip, t.clip_value)
+    if clamp is not None:
+        clipped = clamp.clamped > 0
     opt.step()
-    return loss.item(), norm, carry
+    return loss.item(), norm, clipped, carry
 
 
 @torch.no_grad()
@@ -242,8 +268,8 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
                    desc=f"{cfg.model.cell}/{corpus.name} epoch {epoch}/{t.epochs}",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         try:
-            losses, norms, initial_loss = _updates(model, opt, x, y, schedule, cfg, epoch,
-                                                   initial_loss, bar)
+            losses, norms, clipped, initial_loss = _updates(model, opt, x, y, schedule, cfg,
+                                                            epoch, initial_loss, bar)
         except Diverged as e:
             stop_reason = str(e)
             break
@@ -251,7 +277,7 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
             bar.close()
         train_seconds = time.perf_counter() - e0
         val = evaluate(model, corpus.splits["val"], t.batch_size, t.eval_seq_len, device)
-        row = _row(epoch, losses, norms, val, lr, chars_per_epoch / train_seconds,
+        row = _row(epoch, losses, norms, clipped, val, lr, chars_per_epoch / train_seconds,
                    time.perf_counter() - e0)
         res.history.append(row)
         if val < res.best_val or math.isnan(res.best_val):
@@ -319,13 +345,13 @@ def _restore(last: Path, model: CharLM, opt, res: Result) -> tuple[int, float, i
 
 
 def _updates(model, opt, x, y, schedule, cfg: Config, epoch: int, initial_loss, bar):
-    """One epoch's updates; (their losses, their pre-clip gradient norms, the run's initial
-    loss). Raises Diverged on a non-finite loss or one above divergence_factor × the
-    initial."""
+    """One epoch's updates; (their losses, their pre-clip gradient norms, whether each was
+    clipped, the run's initial loss). Raises Diverged on a non-finite loss or one above
+    divergence_factor × the initial."""
     t = cfg.train
-    state, losses, norms = None, [], []
+    state, losses, norms, clipped = None, [], [], []
     for w in schedule:
-        loss, norm, state = train_step(model, opt, x, y, state, w, cfg)
+        loss, norm, was_clipped, state = train_step(model, opt, x, y, state, w, cfg)
         initial_loss = initial_loss if initial_loss is not None else loss
         if not math.isfinite(loss):
             raise Diverged(f"loss became {loss} at epoch {epoch}")
@@ -335,13 +361,14 @@ def _updates(model, opt, x, y, schedule, cfg: Config, epoch: int, initial_loss, 
         state = detach_state(state)
         losses.append(loss)
         norms.append(norm)
+        clipped.append(was_clipped)
         bar.update((w.end - w.new) * t.batch_size)
         if len(losses) % 10 == 0:
             bar.set_postfix_str(f"train {np.mean(losses[-10:]):.3f} nats/char")
-    return losses, norms, initial_loss
+    return losses, norms, clipped, initial_loss
 
 
-def _row(epoch: int, losses, norms, val: float, lr: float, chars_per_s: float,
+def _row(epoch: int, losses, norms, clipped, val: float, lr: float, chars_per_s: float,
          seconds: float) -> dict:
     """One epoch's row of the history: losses in nats/char and bits/char, and the rest."""
     train_loss = float(np.mean(losses))
@@ -350,4 +377,7 @@ def _row(epoch: int, losses, norms, val: float, lr: float, chars_per_s: float,
             "val_bits_per_char": bits(val), "lr": lr,
             "grad_norm_preclip_mean": float(np.mean(norms)),
             "grad_norm_preclip_max": float(np.max(norms)),
+            "grad_norm_preclip_p50": float(np.quantile(norms, 0.5)),
+            "grad_norm_preclip_p99": float(np.quantile(norms, 0.99)),
+            "clip_rate": float(np.mean(clipped)), "updates": len(losses),
             "train_chars_per_s": chars_per_s, "epoch_seconds": seconds}

@@ -243,7 +243,7 @@ def test_grid_and_matched_widths_make_karpathy15s_rows():
             assert p.cfg.model.hidden_size == H  # the reference keeps its width
             continue
         ref = by[(ds, "lstm", L, H)]
-        V = corpora[ds].vocab_size
+        V = corpora[data.corpus_key(p.cfg.data)].vocab_size
         n, n_ref = count_params(p.cfg.model, V), count_params(ref.cfg.model, V)
         assert abs(n - n_ref) / n_ref < 0.03, (cell, L, H, n, n_ref)
     # an RNN layer has one block, an LSTM layer four: about twice as wide

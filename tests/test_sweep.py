@@ -1,6 +1,7 @@
 """Optuna sweeps end to end on a tiny text: parallel workers, divergence, pruning, a killed
 worker, duplicates; trials read back from Optuna and MLflow."""
 
+import math
 import subprocess
 import sys
 import time
@@ -98,20 +99,33 @@ def test_two_workers_complete_the_grid_once_each(tmp_path):
     assert len(mlflow_runs(tmp_path, "trial")[1]) == 4
 
 
-def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
+def test_a_diverging_trial_is_a_result_valued_at_the_stated_penalty(tmp_path, capsys):
+    """Divergence is an outcome of the study, not a failure of it: the trial is COMPLETE
+    with value ln V (the uniform prediction's loss), marked diverged with its reason; its
+    MLflow run ends FAILED with the reason and says DIVERGED; the study exits 0."""
     cfg = write_config(tmp_path, {"sampler": "grid", "grid_k2": [16], "grid_clip": ["none"],
                                   "grid_lr": [2e-3, 50.0], "k2_min": 4, "k2_max": 64,
                                   "trials": 2}, train={"optimizer": "adam"})
     assert run.main([str(cfg), "--no-progress"]) == 0
     by_lr = {t.params["lr"]: t for t in study_of(tmp_path).get_trials()}
-    assert by_lr[2e-3].state == TrialState.COMPLETE
-    bad = by_lr[50.0]
-    assert bad.state == TrialState.FAIL and bad.user_attrs["diverged"]
+    good, bad = by_lr[2e-3], by_lr[50.0]
+    assert good.state == TrialState.COMPLETE and not good.user_attrs.get("diverged")
+    assert bad.state == TrialState.COMPLETE and bad.user_attrs["diverged"]
+    vocab = len(set((tmp_path / "prose.txt").read_text()))
+    assert bad.value == pytest.approx(math.log(vocab))
     assert "initial" in bad.user_attrs["fail_reason"] or "nan" in bad.user_attrs["fail_reason"]
     client, children = mlflow_runs(tmp_path, "trial")
     failed = [c for c in children if c.info.status == "FAILED"]
-    assert len(failed) == 1 and failed[0].data.tags["trial_state"] == "FAIL"
+    assert len(failed) == 1 and failed[0].data.tags["trial_state"] == "DIVERGED"
+    assert failed[0].data.tags["outcome"] == "diverged"
     assert failed[0].data.tags["failure_reason"] == bad.user_attrs["fail_reason"]
+    out = capsys.readouterr().out
+    assert "1 converged, 1 diverged" in out
+    _, parents = mlflow_runs(tmp_path, "study")
+    m = parents[0].data.metrics
+    assert m["study/trials_diverged"] == 1 and m["study/trials_complete"] == 1
+    # the best trial is the converged one, whatever the penalty
+    assert parents[0].data.tags["best_trial"] == str(good.number)
 
 
 # a learning rate that trains and one that cannot, under a median pruner from trial 2 on
@@ -189,7 +203,7 @@ def test_a_study_resumed_with_another_config_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("bad,needle", [
     ({"grid_k2": [1000]}, "outside k2_min..k2_max"),
-    ({"grid_clip": ["sometimes"]}, "not none, norm:THRESHOLD or value:THRESHOLD"),
+    ({"grid_clip": ["sometimes"]}, "not none, norm:THRESHOLD, value:THRESHOLD or preact:THRESHOLD"),
     ({"lr_min": 1e-3}, "set both sweep.lr_min and sweep.lr_max"),
 ])
 def test_bad_sweep_settings_are_rejected(tmp_path, capsys, bad, needle):
@@ -238,3 +252,29 @@ def test_the_heartbeat_stamps_a_running_trial(tmp_path, monkeypatch):
     assert time.time() - 0.3 < first <= time.time()
     time.sleep(0.15)  # stopped with the block: no more stamps
     assert study.trials[0].user_attrs["heartbeat"] == first
+
+
+def test_a_fixed_k1_varies_only_the_truncation_depth(tmp_path):
+    """sweep.k1: every trial takes k1 new steps per update (the same updates over the same
+    characters); only k2, the gradient's reach, differs, and k1 is no search parameter."""
+    cfg = write_config(tmp_path, {"sampler": "grid", "grid_k2": [4, 8, 16],
+                                  "grid_clip": ["none"], "k1": 4, "k2_min": 4, "k2_max": 64,
+                                  "trials": 3}, train={"epochs": 1})
+    assert run.main([str(cfg), "--no-progress"]) == 0
+    trials = study_of(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert all("k1_fraction" not in t.params and t.user_attrs["k1"] == 4 for t in trials)
+    client, children = mlflow_runs(tmp_path, "trial")
+    by_k2 = {int(c.data.params["train.seq_len"]): c for c in children}
+    assert sorted(by_k2) == [4, 8, 16]
+    assert {c.data.params["train.k1"] for c in children} == {"4"}
+    # the same updates: each epoch's chars per update are k1 · batch, whatever k2
+    updates = {k2: client.get_metric_history(c.info.run_id, "train/updates")
+               for k2, c in by_k2.items()}
+    assert len({tuple(m.value for m in h) for h in updates.values()}) == 1, updates
+
+
+def test_a_fixed_k1_above_a_k2_is_refused(tmp_path, capsys):
+    cfg = write_config(tmp_path, {**GRID4, "k1": 10})
+    assert run.main([str(cfg)]) == 2
+    assert "sweep.k1 = 10 exceeds the smallest k2 = 8" in capsys.readouterr().err

@@ -80,7 +80,8 @@ def test_clipping_modes(tmp_path):
     for p in model.parameters():
         p.grad = torch.full_like(p, 3.0)
     n = sum(p.numel() for p in model.parameters())
-    assert train.clip_gradients(model, "value", 1.0) == pytest.approx(3.0 * math.sqrt(n))
+    norm, clipped = train.clip_gradients(model, "value", 1.0)
+    assert norm == pytest.approx(3.0 * math.sqrt(n)) and clipped
     assert all(p.grad.max() == 1.0 for p in model.parameters())
     for p in model.parameters():
         p.grad = torch.full_like(p, 3.0)
@@ -102,3 +103,68 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         train.save_checkpoint(path, a=2)
     assert train.load_checkpoint(path) == {"a": 1}  # the old file is intact
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # and nothing half-written
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_a_summed_loss_has_k1_times_the_mean_losss_gradient(tmp_path):
+    """time_reduction sum: the gradient is that of the loss summed over the k1 new steps
+    (averaged over the batch), k1 times the mean's."""
+    got = {}
+    for reduction in ("mean", "sum"):
+        cfg = tiny_cfg(tmp_path, **{"train.time_reduction": reduction, "train.clip": "none",
+                                    "train.seq_len": 12, "train.k1": 5})
+        corpus = data.load_corpus(cfg.data)
+        torch.manual_seed(0)
+        model = CharLM(corpus.vocab_size, cfg.model).double()
+        x, y = data.streams(corpus.splits["train"], 8)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # measure, do not move
+        train.train_step(model, opt, x, y, None, data.windows(x.shape[0], 5, 12)[1], cfg)
+        got[reduction] = _grads(model)
+    for n, g in got["mean"].items():
+        torch.testing.assert_close(got["sum"][n], 5 * g, rtol=1e-12, atol=1e-14)
+
+
+def test_sgd_with_momentum_and_a_summed_loss_trains(tmp_path):
+    cfg = tiny_cfg(tmp_path, **{"train.optimizer": "sgd", "train.momentum": 0.9,
+                                "train.time_reduction": "sum", "train.lr": 0.05,
+                                "train.clip": "norm", "train.clip_value": 5.0,
+                                "train.epochs": 6})
+    res = train.train(cfg, data.load_corpus(cfg.data), progress=False)
+    assert res.status == "finished"
+    assert res.history[-1]["train_nats_per_char"] < res.history[0]["train_nats_per_char"] - 1
+
+
+def test_an_unclipped_sgd_run_diverges_where_the_clipped_one_learns(tmp_path):
+    """Pascanu13's case, small and deterministic: plain SGD on the summed loss at lr 2.
+    Without clipping the first epoch's loss passes 3 × the initial; norm clipping at 1
+    keeps every update to length ≤ 2 and the same run learns the sentence."""
+    runs = {}
+    for clip in ("none", "norm"):
+        cfg = tiny_cfg(tmp_path, **{"train.optimizer": "sgd", "train.time_reduction": "sum",
+                                    "train.lr": 2.0, "train.clip": clip,
+                                    "train.clip_value": 1.0, "train.epochs": 5})
+        runs[clip] = train.train(cfg, data.load_corpus(cfg.data), progress=False)
+    assert runs["none"].status == "failed" and "initial" in runs["none"].reason
+    assert runs["norm"].status == "finished"
+    assert runs["norm"].history[-1]["train_nats_per_char"] < 1.0
+    assert all(h["clip_rate"] == 1.0 for h in runs["norm"].history)  # every update clipped
+
+
+@pytest.mark.parametrize("clip", ["norm", "value", "preact"])
+def test_the_clip_rate_is_0_without_clipping_and_1_when_the_threshold_goes_to_0(tmp_path,
+                                                                                  clip):
+    rates = {}
+    for mode, theta in (("none", 1.0), (clip, 1e-12)):
+        cfg = tiny_cfg(tmp_path, **{"train.clip": mode, "train.clip_value": theta,
+                                    "train.epochs": 1})
+        res = train.train(cfg, data.load_corpus(cfg.data), progress=False)
+        h = res.history[-1]
+        rates[mode] = h["clip_rate"]
+        assert h["grad_norm_preclip_p50"] <= h["grad_norm_preclip_p99"] \
+            <= h["grad_norm_preclip_max"]
+        assert h["updates"] == len(data.windows(data.streams(
+            data.load_corpus(cfg.data).splits["train"], 8)[0].shape[0], 20, 20))
+    assert rates == {"none": 0.0, clip: 1.0}

@@ -73,6 +73,19 @@ static void FN(mul_grad)(int kind, REAL m, const REAL *restrict kept, REAL *rest
     }
 }
 
+/* Graves's clipping: d ← clamp(d, −θ, θ) over n components; returns how many lay outside
+ * (a component already at ±θ is inside: clamping twice counts once). Called only when
+ * clipping is on, so the unclipped loops are unchanged. */
+static long FN(clip_count)(REAL *restrict d, int n, REAL th) {
+    int k = 0;
+    for (int j = 0; j < n; j++) {
+        REAL v = d[j];
+        k += (v > th) | (v < -th);
+        d[j] = v > th ? th : (v < -th ? -th : v);
+    }
+    return k;
+}
+
 /* ---------------------------------------------------------------------------------- */
 /* LSTM family. a: (B, lda) pre-activations in, kept values out; cp, c: (B, H);
  * s: (B, lds) with h in its first H columns (and i, f, o after it for FGR);
@@ -134,11 +147,19 @@ void FN(lstm_fwd)(const Spec *sp, int B, REAL *a, int lda, const REAL *cp, REAL 
 /* ds: dL/ds_t, (B, lds). dc: (B, H), dL/dc_t in, dL/dc_{t-1} out. da: (B, ldd) out; it
  * may be the same memory as `kept`: each row is computed in scratch and copied out at its
  * end. dc_total, when not null, receives dL/dc_t by every path (B, H).
+ * clip > 0: Graves's clipping at θ = clip (0: off). d_o is clamped to [−θ, θ] before its
+ * peephole term joins dL/dc_t, d_i, d_f, d_z before theirs reach dL/dc_{t-1}; the row of
+ * da leaves clamped. Returns the number of clamped components (0 when off).
  * scratch: 6H + width. */
-void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds, int lds, REAL *dc,
+long FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds, int lds, REAL *dc,
                   const REAL *kept, int lda, const REAL *cp, const REAL *c,
-                  const REAL *peep, REAL *da, int ldd, REAL *scratch, REAL *dc_total) {
+                  const REAL *peep, REAL *da, int ldd, REAL *scratch, REAL *dc_total,
+                  double clip) {
     const int H = sp->H;
+    const int width = H * (1 + (sp->oi >= 0) + (sp->of >= 0) + (sp->oo >= 0));
+    const int clipping = clip > 0;
+    const REAL th = (REAL)clip;
+    long clamped = 0;
     const REAL gm = (REAL)sp->gm, km = (REAL)sp->km;
     REAL *kc = scratch, *dct = scratch + H, *dsr = scratch + 2 * H;
     REAL *ti = scratch + 3 * H, *tf = scratch + 4 * H, *to = scratch + 5 * H;
@@ -168,6 +189,7 @@ void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds, int lds, REAL *dc,
             }
             for (int j = 0; j < H; j++) dk[j] *= vo[j];
             FN(mul_grad)(sp->sigma, 0, ko, d_o, H);
+            if (clipping) clamped += FN(clip_count)(d_o, H, th);
         }
         FN(mul_grad)(sp->k, km, kc, dk, H);
         for (int j = 0; j < H; j++) dct[j] += dk[j];
@@ -201,6 +223,7 @@ void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds, int lds, REAL *dc,
             for (int j = 0; j < H; j++) d_z[j] = dct[j];
         }
         FN(mul_grad)(sp->g, gm, kz, d_z, H);
+        if (clipping) clamped += FN(clip_count)(dr, width, th); /* d_i, d_f, d_z */
         /* what reaches c' */
         if (sp->forget == FORGET_COUPLED) {
             for (int j = 0; j < H; j++) dcr[j] = dct[j] * ((REAL)1 - vi[j]);
@@ -220,6 +243,7 @@ void FN(lstm_bwd)(const Spec *sp, int B, const REAL *ds, int lds, REAL *dc,
         REAL *out = da + (long)b * ldd;
         for (int j = 0; j < ldd; j++) out[j] = dr[j];
     }
+    return clamped;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -239,17 +263,47 @@ void FN(gru_fwd)(int B, int H, REAL *kept, const REAL *ha, const REAL *s_prev, R
 }
 
 /* ds: dL/ds_t, (B, H); da, dha: (B, 3H); ds_prev: (B, H) = ds ⊙ u.
+ * clip > 0: Graves's clipping at θ = clip (0: off): dn, the derivative with respect to n's
+ * whole argument, is clamped to [−θ, θ] before dr and dL/d(R_n h' + b_Rn) = dn ⊙ r are
+ * formed from it, and dr, du are clamped. Returns the number of clamped components.
  * The products are grouped as written, the grouping these kernels have always used:
  * -ffast-math would regroup them by where each operand is defined, so reassociation is
  * off in this function (a change of signature must not change the last bits). */
 __attribute__((optimize("no-associative-math")))
-void FN(gru_bwd)(int B, int H, const REAL *ds, const REAL *kept, const REAL *s_prev,
-                 REAL *da, REAL *dha, REAL *ds_prev) {
+long FN(gru_bwd)(int B, int H, const REAL *ds, const REAL *kept, const REAL *s_prev,
+                 REAL *da, REAL *dha, REAL *ds_prev, double clip) {
+    const REAL th = (REAL)clip;
+    long clamped = 0;
     for (int b = 0; b < B; b++) {
         const REAL *k = kept + (long)b * 4 * H, *sp = s_prev + (long)b * H;
         const REAL *dsr = ds + (long)b * H;
         REAL *d = da + (long)b * 3 * H, *dh = dha + (long)b * 3 * H;
         REAL *dp = ds_prev + (long)b * H;
+        if (clip > 0) {
+            int kb = 0;
+            for (int j = 0; j < H; j++) {
+                REAL g = dsr[j];
+                REAL r = k[j], u = k[H + j], n = k[2 * H + j], hn = k[3 * H + j];
+                REAL dn = (((REAL)1 - n * n) * ((REAL)1 - u)) * g;
+                kb += (dn > th) | (dn < -th);
+                dn = dn > th ? th : (dn < -th ? -th : dn);
+                REAL dr = (((REAL)1 - r) * dn) * (r * hn);
+                kb += (dr > th) | (dr < -th);
+                dr = dr > th ? th : (dr < -th ? -th : dr);
+                REAL du = ((sp[j] - n) * g) * (((REAL)1 - u) * u);
+                kb += (du > th) | (du < -th);
+                du = du > th ? th : (du < -th ? -th : du);
+                d[j] = dr;
+                d[H + j] = du;
+                d[2 * H + j] = dn;
+                dh[j] = dr;
+                dh[H + j] = du;
+                dh[2 * H + j] = dn * r;
+                dp[j] = g * u;
+            }
+            clamped += kb;
+            continue;
+        }
         for (int j = 0; j < H; j++) {
             REAL g = dsr[j];
             REAL r = k[j], u = k[H + j], n = k[2 * H + j], hn = k[3 * H + j];
@@ -265,12 +319,15 @@ void FN(gru_bwd)(int B, int H, const REAL *ds, const REAL *kept, const REAL *s_p
             dp[j] = g * u;
         }
     }
+    return clamped;
 }
 
 /* ---------------------------------------------------------------------------------- */
-/* RNN: da = (1 − h²) ⊙ ds. */
-void FN(rnn_bwd)(int n, const REAL *ds, const REAL *h, REAL *da) {
+/* RNN: da = (1 − h²) ⊙ ds, then, when clip > 0, clamped to [−clip, clip] (Graves's
+ * clipping); returns the number of clamped components. */
+long FN(rnn_bwd)(int n, const REAL *ds, const REAL *h, REAL *da, double clip) {
     for (int j = 0; j < n; j++) da[j] = ((REAL)1 - h[j] * h[j]) * ds[j];
+    return clip > 0 ? FN(clip_count)(da, n, (REAL)clip) : 0;
 }
 
 #undef FN

@@ -79,12 +79,21 @@ class Cell:
         s, c: outputs to fill; P: the extra parameters."""
         raise NotImplementedError
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None,
+                 clip=None):
         """Given ds = dL/ds_t (total) and dc, the part of dL/dc_t that came from step t+1
         (may be modified), fill da = dL/d(xW + b) and, for `split_recurrent`,
         dha = dL/d(s'R); return (the direct part of dL/ds_{t-1} or None, dL/dc_{t-1} or
         None). The engine adds dha·Rᵀ. dc_total, if given, receives dL/dc_t by every path
-        (for the error-flow probe)."""
+        (for the error-flow probe).
+
+        clip, when given (study.engine.scan.PreactClip, Graves's clipping): the derivative
+        with respect to each block's full pre-activation (the whole argument of its
+        activation, peephole terms included) is clamped to [−clip.theta, clip.theta] by
+        `clip.clamp_(d)`, which counts, as soon as it is formed and before anything is
+        derived from it (peephole terms of dc, other blocks, da, dha, the direct part of
+        ds_{t-1}). A cell that overrides `backward` without this parameter cannot run
+        under clipping."""
         raise NotImplementedError
 
     def param_grads(self, dA, dHA, S, C, P) -> tuple[Tensor, ...]:

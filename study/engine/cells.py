@@ -104,13 +104,21 @@ class GRU(Cell):
         # h = (1 − u) ⊙ n + u ⊙ h' = n + u ⊙ (h' − n)
         torch.sub(s_prev, n, out=s).mul_(u).add_(n)
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None,
+                 clip=None):
+        """The step's derivative (see Cell.backward). With `clip` (Graves's clipping), d_n,
+        the derivative with respect to n's whole argument a_n + r ⊙ (R_n h' + b_Rn), is
+        clamped before d_r and dL/d(R_n h' + b_Rn) are derived from it; d_r and d_u too."""
         H = self.H
         r, u, n, hn = (kept[:, j * H:(j + 1) * H] for j in range(4))
         d_r, d_u, d_n = (da[:, j * H:(j + 1) * H] for j in range(3))
         torch.sub(s_prev, n, out=d_u).mul_(ds).mul_(u * (1 - u))  # dL/da_u
         torch.mul(ds, 1 - u, out=d_n).mul_(1 - n * n)  # dL/da_n
+        if clip is not None:
+            clip.clamp_(da[:, H:])  # d_u, d_n
         torch.mul(d_n, hn, out=d_r).mul_(r * (1 - r))  # dL/da_r
+        if clip is not None:
+            clip.clamp_(d_r)
         dha[:, :2 * H].copy_(da[:, :2 * H])
         torch.mul(d_n, r, out=dha[:, 2 * H:])  # dL/d(R_n h' + b_Rn)
         return ds * u, None
@@ -147,8 +155,11 @@ class RNN(Cell):
     def step(self, a, ha, s_prev, c_prev, s, c, P):
         torch.tanh(a, out=s)
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
-        torch.mul(s, s, out=da).neg_().add_(1).mul_(ds)
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None,
+                 clip=None):
+        torch.mul(s, s, out=da).neg_().add_(1).mul_(ds)  # dL/da = (1 − h²) ⊙ dL/dh
+        if clip is not None:
+            clip.clamp_(da)
         return None, None
 
     def gate_values(self, kept, s):

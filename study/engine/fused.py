@@ -17,6 +17,14 @@ This module owns the kernels' description of a cell, derived mechanically from i
 - `SPEC_FIELDS`: the one list of the spec's fields, from which both the ctypes `Spec` and
   the C struct (`spec_header()`, written as `_spec.h` at build time) are generated.
 
+The backward kernels take Graves's clipping threshold θ as their last argument (`double
+clip`, 0 when off: study.engine.scan.clip_preactivations) and return the number of
+pre-activation gradient components they clamped to [−θ, θ]. They clamp each block's
+derivative where the torch `backward` of the cell classes does, before anything is derived
+from it (LSTM: d_o before its peephole term joins dL/dc, d_i d_f d_z before theirs reach
+dL/dc'; GRU: d_n before d_r and dL/d(R_n h' + b_Rn)); clipping off costs one test per
+row.
+
     python -m study.engine.fused            # build (the Makefile's install step does this)
     python -m study.engine.fused --header   # print the generated _spec.h
 """
@@ -188,14 +196,16 @@ def load() -> ctypes.CDLL | None:
         return _LIB
     try:
         lib = ctypes.CDLL(str(build()))
-        ptr, i = ctypes.c_void_p, ctypes.c_int
+        ptr, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
         for sfx in ("_f32", "_f64"):
             getattr(lib, "lstm_fwd" + sfx).argtypes = [ptr, i, ptr, i, ptr, ptr, ptr, i, ptr, ptr]
             getattr(lib, "lstm_bwd" + sfx).argtypes = [ptr, i, ptr, i, ptr, ptr, i, ptr, ptr,
-                                                       ptr, ptr, i, ptr, ptr]
+                                                       ptr, ptr, i, ptr, ptr, d]
             getattr(lib, "gru_fwd" + sfx).argtypes = [i, i, ptr, ptr, ptr, ptr, ptr]
-            getattr(lib, "gru_bwd" + sfx).argtypes = [i, i, ptr, ptr, ptr, ptr, ptr, ptr]
-            getattr(lib, "rnn_bwd" + sfx).argtypes = [i, ptr, ptr, ptr]
+            getattr(lib, "gru_bwd" + sfx).argtypes = [i, i, ptr, ptr, ptr, ptr, ptr, ptr, d]
+            getattr(lib, "rnn_bwd" + sfx).argtypes = [i, ptr, ptr, ptr, d]
+            for name in ("lstm_bwd", "gru_bwd", "rnn_bwd"):  # the number of clamped components
+                getattr(lib, name + sfx).restype = ctypes.c_long
         _LIB = lib
     except (RuntimeError, OSError) as e:
         _ERROR = str(e)
@@ -240,6 +250,16 @@ def _p(t):
     return None if t is None else t.data_ptr()
 
 
+def _theta(clip) -> float:
+    """The kernels' `clip` argument: θ of a PreactClip, or 0 (off)."""
+    return 0.0 if clip is None else clip.theta
+
+
+def _counted(clip, n: int) -> None:
+    if n:
+        clip.count(n)
+
+
 class LSTMKernel:
     inplace_grad = True  # the backward may write da over what the forward kept
 
@@ -260,11 +280,13 @@ class LSTMKernel:
                  c.data_ptr(), s.data_ptr(), s.stride(0), _p(P[0] if P else None),
                  self._scratch(a))
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
-        self.bwd(self.ref, ds.shape[0], ds.data_ptr(), ds.stride(0), dc.data_ptr(),
-                 kept.data_ptr(), kept.stride(0), c_prev.data_ptr(), c.data_ptr(),
-                 _p(P[0] if P else None), da.data_ptr(), da.stride(0), self._scratch(da),
-                 _p(dc_total))
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None,
+                 clip=None):
+        _counted(clip, self.bwd(self.ref, ds.shape[0], ds.data_ptr(), ds.stride(0),
+                                dc.data_ptr(), kept.data_ptr(), kept.stride(0),
+                                c_prev.data_ptr(), c.data_ptr(), _p(P[0] if P else None),
+                                da.data_ptr(), da.stride(0), self._scratch(da), _p(dc_total),
+                                _theta(clip)))
         return None, dc
 
 
@@ -277,10 +299,12 @@ class GRUKernel:
         self.fwd(a.shape[0], self.H, a.data_ptr(), ha.data_ptr(), s_prev.data_ptr(),
                  s.data_ptr(), P[0].data_ptr())
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None,
+                 clip=None):
         ds_prev = torch.empty_like(ds)
-        self.bwd(ds.shape[0], self.H, ds.data_ptr(), kept.data_ptr(), s_prev.data_ptr(),
-                 da.data_ptr(), dha.data_ptr(), ds_prev.data_ptr())
+        _counted(clip, self.bwd(ds.shape[0], self.H, ds.data_ptr(), kept.data_ptr(),
+                                s_prev.data_ptr(), da.data_ptr(), dha.data_ptr(),
+                                ds_prev.data_ptr(), _theta(clip)))
         return ds_prev, None
 
 
@@ -294,8 +318,10 @@ class RNNKernel:
     def step(self, a, ha, s_prev, c_prev, s, c, P):
         torch.tanh(a, out=s)  # one operation already
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
-        self.bwd(ds.numel(), ds.data_ptr(), s.data_ptr(), da.data_ptr())
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None,
+                 clip=None):
+        _counted(clip, self.bwd(ds.numel(), ds.data_ptr(), s.data_ptr(), da.data_ptr(),
+                                _theta(clip)))
         return None, None
 
 

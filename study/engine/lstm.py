@@ -137,7 +137,11 @@ class LSTMFamily(Cell):
             for j, gate in enumerate((i, f, o if a_o is not None else None)):
                 s[:, (j + 1) * H:(j + 2) * H].copy_(gate)
 
-    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None):
+    def backward(self, ds, dc, kept, s_prev, c_prev, s, c, P, da, dha, dc_total=None,
+                 clip=None):
+        """The step's derivative (see Cell.backward). With `clip` (Graves's clipping), d_o
+        is clamped before its peephole term p_o ⊙ d_o joins dL/dc, and d_i, d_f, d_z before
+        theirs reach dL/dc' and before the engine forms da Rᵀ and the weight gradients."""
         H = self.H
         dh = ds[:, :H]
         k_i, k_f, k_o, k_z = (self.block(kept, n) for n in ("i", "f", "o", "z"))
@@ -152,6 +156,8 @@ class LSTMFamily(Cell):
             if self.gate_recurrence:
                 d_o.add_(ds[:, 3 * H:])
             _times(d_o, self.sigma.grad(k_o))  # dL/da_o
+            if clip is not None:
+                clip.clamp_(d_o)
             dc.add_(_times(dh * o, self.k.grad(kc)))
             if self.peepholes:
                 dc.addcmul_(d_o, self._peep(P, "o"))
@@ -177,6 +183,8 @@ class LSTMFamily(Cell):
         if f is not None:
             _times(d_f, self.sigma.grad(k_f))
         _times(torch.mul(dc, i, out=d_z) if i is not None else d_z.copy_(dc), self.g.grad(k_z))
+        if clip is not None:  # d_i, d_f, d_z (d_o is inside [−θ, θ] already: not recounted)
+            clip.clamp_(da)
         # what reaches c'
         if self.forget == "coupled":
             dc_prev = dc * (1 - i)

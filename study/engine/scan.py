@@ -17,6 +17,20 @@ The backward pass is written by hand: per step the cell's elementwise derivative
 GEMM, ds_{t−1} += da_t Rᵀ; after the loop the weight gradients are large GEMMs over all
 steps at once, dR = Σ_t s_{t−1}ᵀ da_t, dW = xᵀ dA, dx = dA Wᵀ.
 
+Inside `with clip_preactivations(θ) as clip:` (Graves's clipping, `train.clip: preact`),
+the backward passes of the scans recorded inside clip the derivative of the loss with
+respect to every pre-activation (the full argument of each gate's σ and of the cell
+input's g, peephole terms included) to [−θ, θ] at every step, in the cell's backward,
+right after it is formed and before anything is derived from it:
+
+    da_t ← clamp(dL/da_t, −θ, θ)      then  ds_{t−1} = da_t Rᵀ (+ direct terms),
+                                            dc_{t−1}, dc_t's peephole terms, dR, dW, db, dP, dx
+
+— what autograd computes with `a.register_hook(lambda g: g.clamp(-θ, θ))` on each
+pre-activation. The parameter gradients are not clipped after the fact. `clip.clamped`
+counts the clamped components. The recorder is captured when the scan runs forward, so
+the backward after the `with` block clips; outside it nothing changes.
+
 Inside `with single_backward():` (the training step), where the graph is back-propagated
 once, dA reuses K's memory when the step's code writes its gradient through scratch (the
 fused kernels): half the activation memory, and no second large buffer to fault in.
@@ -26,6 +40,8 @@ Without gradients nothing but the states and the step buffer is stored.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 import threading
 
 import torch
@@ -73,6 +89,70 @@ def record_state_grads():
         yield rec
     finally:
         _LOCAL.recorder = before
+
+
+class PreactClip:
+    """Graves's clipping of the pre-activation gradients at θ, and how often it bit.
+
+    `clamped` is the number of pre-activation gradient components (one per unit, block,
+    batch row and step) that lay outside [−θ, θ] and were clamped, summed over the
+    backward passes of every scan recorded under it, on either engine. θ = ∞ clips
+    nothing: the scans record no clip at all (the backward is the unclipped one, to the
+    last bit)."""
+
+    def __init__(self, theta: float):
+        theta = float(theta)
+        if not theta > 0:  # NaN too
+            raise ValueError(f"the pre-activation clipping threshold θ must be > 0, got {theta}")
+        self.theta = theta
+        self.active = math.isfinite(theta)
+        self._counted = 0  # by the fused kernels
+        self._pending: Tensor | None = None  # by the torch steps, summed without a sync
+
+    def clamp_(self, d: Tensor) -> Tensor:
+        """d ← clamp(d, −θ, θ) in place, counting the components that were outside. A
+        component already clamped is not counted twice (|d| = θ is inside)."""
+        n = torch.count_nonzero(d.abs() > self.theta)
+        self._pending = n if self._pending is None else self._pending.add_(n)
+        return d.clamp_(-self.theta, self.theta)
+
+    def count(self, n: int) -> None:
+        """Add n components clamped elsewhere (the C kernels count their own)."""
+        self._counted += n
+
+    @property
+    def clamped(self) -> int:
+        if self._pending is not None:
+            self._counted += int(self._pending)
+            self._pending = None
+        return self._counted
+
+
+@contextlib.contextmanager
+def clip_preactivations(theta: float):
+    """Clip, in the backward passes of the scans run inside, the loss's derivative with
+    respect to each pre-activation to [−θ, θ] at every step: Graves (2013, "Generating
+    Sequences with RNNs") clipped the derivatives with respect to the LSTM layers' inputs
+    before the sigmoid and tanh, inside backpropagation, not the parameter gradients.
+    Yields the `PreactClip`, whose `clamped` counts the clamped components once the
+    backward has run. A cell whose `backward` takes no `clip` cannot run inside it (its
+    scan raises)."""
+    before = getattr(_LOCAL, "clip", None)
+    _LOCAL.clip = clip = PreactClip(theta)
+    try:
+        yield clip
+    finally:
+        _LOCAL.clip = before
+
+
+_CLIPS: dict[type, bool] = {}  # step class -> its backward takes `clip`
+
+
+def _takes_clip(step) -> bool:
+    cls = type(step)
+    if cls not in _CLIPS:
+        _CLIPS[cls] = "clip" in inspect.signature(cls.backward).parameters
+    return _CLIPS[cls]
 
 
 def scan(cell: Cell, x: Tensor, W: Tensor, b: Tensor, R: Tensor, s0: Tensor,
@@ -141,6 +221,12 @@ class _Scan(torch.autograd.Function):
         ctx.cell, ctx.step, ctx.onehot = cell, step, onehot
         ctx.done = False
         ctx.recorder = getattr(_LOCAL, "recorder", None)
+        clip = getattr(_LOCAL, "clip", None)
+        ctx.clip = clip if clip is not None and clip.active else None
+        if ctx.clip is not None and not _takes_clip(step):
+            raise RuntimeError(f"{type(step).__name__}.backward takes no `clip`: this cell "
+                               f"cannot clip its pre-activation gradients (Graves's "
+                               f"clipping, study.engine.scan.clip_preactivations)")
         ctx.slot = ctx.recorder.slot() if ctx.recorder is not None else None
         ctx.save_for_backward(x, W, R, S, C, K, *P)
         ctx.set_materialize_grads(False)
@@ -179,8 +265,13 @@ class _Scan(torch.autograd.Function):
             if ctx.recorder is not None:
                 ctx.recorder.h[ctx.slot][t] = ds[:, :cell.H].norm(dim=1)
                 dc_total = torch.empty_like(dc) if has_c else None
-            ds_direct, dc_next = step.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1],
-                                               Cs[t + 1], P, dAs[t], dHAs[t], dc_total)
+            if ctx.clip is None:
+                ds_direct, dc_next = step.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1],
+                                                   Cs[t + 1], P, dAs[t], dHAs[t], dc_total)
+            else:  # da_t (and dha_t) leave the step clipped to [−θ, θ]
+                ds_direct, dc_next = step.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1],
+                                                   Cs[t + 1], P, dAs[t], dHAs[t], dc_total,
+                                                   clip=ctx.clip)
             if dc_total is not None:
                 ctx.recorder.c[ctx.slot][t] = dc_total.norm(dim=1)
             if cell.truncated_gradient:  # Hochreiter97: no error back through R

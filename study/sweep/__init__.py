@@ -23,6 +23,12 @@ Bookkeeping, so that no trial is lost or trained twice:
 - A TPE or random suggestion equal to a finished trial's parameters takes that trial's
   outcome instead of training again (tagged duplicate_of).
 
+A trial whose training diverged (a non-finite loss, or one above divergence_factor × the
+initial) is a result, not a failure of the study: it is COMPLETE with the value
+`diverged_value` (by default ln V nats/char, the uniform prediction's loss), `diverged`
+set and its reason kept; its MLflow run ends FAILED with the reason and is tagged
+`trial_state` DIVERGED and `outcome` diverged.
+
 MLflow: one parent run per study, one child run per trial, written by the objective
 itself (per-epoch metrics, params, trial number and state as tags). At the end the parent
 gets the best trial, parameter importances (PED-ANOVA and fANOVA) and figures.
@@ -34,6 +40,7 @@ study).
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import sys
@@ -103,7 +110,9 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
         if twin.state == TrialState.PRUNED:
             raise optuna.TrialPruned(f"duplicate of pruned trial {twin.number}")
         trial.set_user_attr("diverged", True)
-        raise Diverged(twin.user_attrs.get("fail_reason", f"as trial {twin.number}"))
+        trial.set_user_attr("fail_reason", twin.user_attrs.get("fail_reason",
+                                                               f"as trial {twin.number}"))
+        return diverged_value(cfg, corpus)
     child = trial_config(cfg, params)
     trial.set_user_attr("k1", child.train.k1)
     labels = RunLabels(trial_name(child, params), {
@@ -145,11 +154,20 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
         trial.set_user_attr("pruned_reason", out.reason)
         state("PRUNED")
         raise optuna.TrialPruned(out.reason)
-    if out.status == "failed":
+    if out.status == "failed":  # diverged: a result of the study, not a failure of it
+        value = diverged_value(cfg, corpus)
+        history = out.result.history if out.result is not None else []
         trial.set_user_attr("diverged", True)
         trial.set_user_attr("fail_reason", out.reason)
-        state("FAIL")
-        raise Diverged(out.reason)
+        if history:
+            trial.set_user_attr("last_finite_val_nats_per_char",
+                                history[-1]["val_nats_per_char"])
+        state("DIVERGED")
+        if store is not None and run_ids:
+            store.set_tags(run_ids[0], {"outcome": "diverged", "objective_value": f"{value:.6g}"})
+        print(f"trial {trial.number} diverged ({out.reason}); its value is the stated "
+              f"penalty {value:.4f} nats/char", file=sys.stderr)
+        return value
     if out.status == "probes failed":
         state("FAIL")
         raise ProbesFailed(out.reason)
@@ -158,6 +176,15 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
     trial.set_user_attr("test_nats_per_char", res.test)
     state("COMPLETE")
     return res.history[-1]["val_nats_per_char"]
+
+
+def diverged_value(cfg: Config, corpus) -> float:
+    """The objective of a diverged trial: sweep.diverged_value, by default ln V nats/char,
+    the loss of the uniform prediction over the corpus's V characters (a model that has
+    learned nothing). A diverged trial is COMPLETE with this value and `diverged` set, so
+    that samplers learn to avoid it and the study counts it as a result."""
+    v = cfg.sweep.diverged_value
+    return float(v) if v is not None else math.log(corpus.vocab_size)
 
 
 def trial_name(child: Config, params: dict) -> str:
@@ -341,7 +368,8 @@ def _describe(cfg: Config) -> str:
     k1 = f"k1 = {s.k1} fixed" if s.k1 is not None else None
     space = (f"grid k2 {s.grid_k2} × {k1 or f'k1/k2 {s.grid_k1_fraction}'} × clip {s.grid_clip}"
              + (f" × lr {s.grid_lr}" if s.grid_lr else "")) if s.sampler == "grid" else (
-        f"k2 {s.k2_min}..{s.k2_max} (log) × {k1 or f'k1/k2 {s.k1_fractions}'} × clip {s.clip_modes} "
+        f"k2 {s.k2_min}..{s.k2_max} (log) × {k1 or f'k1/k2 {s.k1_fractions}'} × clip "
+        f"{s.clip_modes} "
         f"{s.clip_min}..{s.clip_max}" + (f" × lr {s.lr_min}..{s.lr_max}" if s.lr_min else ""))
     return (f"Optuna study of TBPTT and clipping: {cfg.model.cell} on {cfg.data.corpus}, "
             f"{cfg.model.num_layers}×{cfg.model.hidden_size}, {cfg.train.epochs} epochs per "

@@ -11,20 +11,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-STATE_STYLE = {"COMPLETE": ("o", "#1f77b4"), "PRUNED": ("v", "#ff7f0e"),
-               "FAIL": ("x", "#d62728")}
+OUTCOME_STYLE = {"complete": ("o", "#1f77b4"), "pruned": ("v", "#ff7f0e"),
+                 "diverged": ("x", "#d62728"), "fail": ("+", "0.5")}
 
 
 def history_plot(table: pd.DataFrame):
-    """Each trial's validation loss (pruned ones: their last report) and the best so far."""
+    """Each trial's validation loss (pruned ones: their last report; diverged ones: the
+    stated penalty) and the best converged one so far."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    t = table.sort_values("trial")
-    for state, (marker, colour) in STATE_STYLE.items():
-        sub = t[t.state == state]
-        y = sub.val_nats_per_char if state == "COMPLETE" else sub.last_reported_val
+    t = table.sort_values("trial").copy()
+    if "outcome" not in t:  # a table written before divergence was an outcome
+        t["outcome"] = t.state.str.lower()
+    for outcome, (marker, colour) in OUTCOME_STYLE.items():
+        sub = t[t.outcome == outcome]
+        if sub.empty:
+            continue
+        y = sub.last_reported_val if outcome in ("pruned", "fail") else sub.val_nats_per_char
         ax.scatter(sub.trial, y, marker=marker, color=colour, s=22,
-                   label=f"{state.lower()} ({len(sub)})")
-    done = t[t.state == "COMPLETE"]
+                   label=f"{outcome} ({len(sub)})")
+    done = t[t.outcome == "complete"]
     if len(done):
         ax.step(done.trial, done.val_nats_per_char.cummin(), where="post", color="0.3",
                 lw=1, label="best so far")
@@ -56,34 +61,60 @@ def _clip_bins(table: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=table.index)
 
 
+def swept_axis(table: pd.DataFrame) -> str:
+    """The axis the heatmap's columns show beside clipping: k2 when it varies (or nothing
+    else does), else the learning rate."""
+    if "lr" in table and table.lr.notna().any() and table.k2.nunique() <= 1:
+        return "lr"
+    return "k2"
+
+
+def _lr_bins(values: pd.Series) -> pd.Series:
+    if values.nunique() <= 8:
+        return values.map(lambda v: f"{v:.3g}")
+    edges = np.geomspace(values.min(), values.max() * 1.0001, 7)
+    return pd.cut(values, edges, include_lowest=True).map(
+        lambda iv: f"[{iv.left:.2g}, {iv.right:.2g})").astype(str)
+
+
+def _start(label: str) -> float:
+    return float(label.strip("[(").split(",")[0])
+
+
 def bptt_clip_heatmap(table: pd.DataFrame):
-    """Validation loss (nats/char) of the complete trials by k2 (BPTT length) and clipping;
-    cells with only pruned (p) or diverged (×) trials are marked."""
+    """Validation loss (nats/char) of the converged trials by clipping and the swept axis
+    (k2, the BPTT length, or else the learning rate); cells whose trials all diverged (×)
+    or were pruned (p) are marked."""
     if table.empty or table.k2.isna().all():
         return None
     t = table.copy()
-    t["k2 bin"], t["clipping"] = _k2_bins(t.k2), _clip_bins(t)
-    done = t[t.state == "COMPLETE"]
+    axis = swept_axis(t)
+    if "outcome" not in t:  # a table written before divergence was an outcome
+        t["outcome"] = t.state.str.lower()
+    t["col"] = _k2_bins(t.k2) if axis == "k2" else _lr_bins(t.lr)
+    t["clipping"] = _clip_bins(t)
+    done = t[(t.state == "COMPLETE") & (t.outcome != "diverged")]
     rows = sorted(t["clipping"].dropna().unique(), key=lambda c: (c != "none", c))
-    cols = sorted(t["k2 bin"].unique(), key=lambda c: float(c.strip("[(").split(",")[0]))
-    grid = done.pivot_table(index="clipping", columns="k2 bin", values="val_nats_per_char",
+    cols = sorted(t["col"].unique(), key=_start)
+    grid = done.pivot_table(index="clipping", columns="col", values="val_nats_per_char",
                             aggfunc="min").reindex(index=rows, columns=cols)
     fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 2.4, 0.45 * len(rows) + 1.6))
     im = ax.imshow(grid.values.astype(float), cmap="viridis_r", aspect="auto")
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
             v = grid.values[i, j]
-            cell = t[(t["clipping"] == r) & (t["k2 bin"] == c)]
+            cell = t[(t["clipping"] == r) & (t["col"] == c)]
             if v == v:
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
-            elif (cell.state == "FAIL").any():
+            elif (cell.outcome == "diverged").any():
                 ax.text(j, i, "×", ha="center", va="center", fontsize=10, color="#d62728")
             elif (cell.state == "PRUNED").any():
                 ax.text(j, i, "p", ha="center", va="center", fontsize=8, color="0.4")
     ax.set_xticks(range(len(cols)), cols, fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
-    ax.set(xlabel="k2: steps back-propagated", ylabel="clipping (mode:threshold)",
-           title="validation loss after the budget (nats/char)")
+    ax.set(xlabel="k2: steps back-propagated" if axis == "k2" else "learning rate",
+           ylabel="clipping (mode:threshold)",
+           title="validation loss after the budget (nats/char); × diverged")
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     return fig

@@ -25,8 +25,11 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             continue
         lost = retries[t.number].user_attrs.get("retry_reason") if t.number in retries else None
         p = t.params
+        diverged = bool(t.user_attrs.get("diverged"))
         rows.append({
-            "trial": t.number, "state": t.state.name, "val_nats_per_char": t.value,
+            "trial": t.number, "state": t.state.name,
+            "outcome": "diverged" if diverged else t.state.name.lower(),
+            "val_nats_per_char": t.value,
             "k2": p.get("k2"), "k1_fraction": p.get("k1_fraction"),
             "k1": t.user_attrs.get("k1", max(1, round(p["k1_fraction"] * p["k2"]))
                                    if "k1_fraction" in p else None),
@@ -34,6 +37,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "epochs_reported": len(t.intermediate_values),
             "last_reported_val": (t.intermediate_values[max(t.intermediate_values)]
                                   if t.intermediate_values else None),
+            "last_finite_val_nats_per_char": t.user_attrs.get("last_finite_val_nats_per_char"),
             "minutes": (t.duration.total_seconds() / 60) if t.duration else None,
             "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason")
             or lost,
@@ -71,17 +75,20 @@ def summarise(study: optuna.Study, cfg: Config, parent, minutes: float) -> dict:
     from study.sweep import figures
 
     table = trials_table(study)
-    complete = table[table.state == "COMPLETE"]
+    complete = table[(table.state == "COMPLETE") & (table.outcome != "diverged")]
     out = {"trials": len(table), "complete": len(complete),
+           "diverged": int((table.outcome == "diverged").sum()),
            "pruned": int((table.state == "PRUNED").sum()),
-           "failed": int((table.state == "FAIL").sum()), "minutes": minutes, "table": table}
+           "failed": int(((table.state == "FAIL") & (table.outcome != "diverged")).sum()),
+           "minutes": minutes, "table": table}
     best = None
     if len(complete):
         best = complete.loc[complete.val_nats_per_char.idxmin()]
         out["best"] = best
     imp = importances(study) if len(complete) >= 2 else pd.DataFrame()
     out["importances"] = imp
-    print(f"\nStudy {study.study_name!r}: {out['complete']} complete, {out['pruned']} pruned, "
+    print(f"\nStudy {study.study_name!r}: {out['complete']} converged, {out['diverged']} "
+          f"diverged (a result: valued at the stated penalty), {out['pruned']} pruned, "
           f"{out['failed']} failed (incl. lost workers' trials, run again) in {minutes:.1f} min")
     if best is not None:
         print(f"best: trial {best.trial} — k2 {best.k2}, k1 {best.k1}, clip {best['clip']}"
@@ -107,7 +114,8 @@ def summarise(study: optuna.Study, cfg: Config, parent, minutes: float) -> dict:
                 fig.savefig(d / fname, dpi=120)
                 figures.plt.close(fig)
         parent.log_artifacts(d, "study")
-    metrics = {"trials_complete": out["complete"], "trials_pruned": out["pruned"],
+    metrics = {"trials_complete": out["complete"], "trials_diverged": out["diverged"],
+               "trials_pruned": out["pruned"],
                "trials_failed": out["failed"], "sweep_minutes": minutes}
     tags = {}
     if best is not None:

@@ -25,11 +25,16 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 _SECTION = {
     **{f"{split}_{unit}": "loss" for split in ("train", "val", "test", "best_val")
        for unit in ("nats_per_char", "bits_per_char")},
-    **dict.fromkeys(("lr", "grad_norm_preclip_mean", "grad_norm_preclip_max", "best_epoch",
-                     "epochs_trained"), "train"),
+    **dict.fromkeys(("lr", "grad_norm_preclip_mean", "grad_norm_preclip_max",
+                     "grad_norm_preclip_p50", "grad_norm_preclip_p99", "clip_rate", "updates",
+                     "best_epoch", "epochs_trained"), "train"),
+    **{f"{split}_target_{unit}": "loss" for split in ("val", "best_val", "test")
+       for unit in ("nats_per_char", "bits_per_char")},
+    **dict.fromkeys(("val_targets", "test_targets"), "loss"),
     **dict.fromkeys(("epoch_seconds", "run_seconds", "probe_seconds", "train_chars_per_s",
                      "sweep_minutes"), "time"),
-    **dict.fromkeys(("trials_complete", "trials_pruned", "trials_failed"), "study"),
+    **dict.fromkeys(("trials_complete", "trials_diverged", "trials_pruned", "trials_failed"),
+                    "study"),
 }
 # the probes' dotted names: sat.L1.f.left_mean -> saturation/L1_f_left_mean
 _PROBE_SECTION = {"sat": "saturation", "unit": "units", "errflow": "errflow",
