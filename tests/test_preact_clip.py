@@ -357,9 +357,9 @@ def test_a_cell_whose_backward_takes_no_clip_refuses_to_run_under_it():
 
     layer = RecurrentLayer(Leaky(H), I, engine="torch")
     x = torch.randn(T, B, I)
-    with pytest.raises(RuntimeError, match="Leaky.backward takes no `clip`"):
-        with clip_preactivations(1.0):
-            layer(x, layer.zero_state(B))
+    with pytest.raises(RuntimeError, match="Leaky.backward takes no `clip`"), \
+            clip_preactivations(1.0):
+        layer(x, layer.zero_state(B))
     with clip_preactivations(math.inf):  # no clipping: runs
         layer(x, layer.zero_state(B))[0].sum().backward()
     with torch.no_grad(), clip_preactivations(1.0):  # no backward: runs
@@ -368,6 +368,5 @@ def test_a_cell_whose_backward_takes_no_clip_refuses_to_run_under_it():
 
 @pytest.mark.parametrize("theta", [0.0, -1.0, math.nan])
 def test_theta_must_be_positive(theta):
-    with pytest.raises(ValueError, match="> 0"):
-        with clip_preactivations(theta):
-            pass
+    with pytest.raises(ValueError, match="> 0"), clip_preactivations(theta):
+        pass
