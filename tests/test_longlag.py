@@ -10,6 +10,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from analyses import longlag
+from analyses.runs import Runs
 from study import run, tasks
 from study.config import TrackingConfig, from_dict
 from study.data import DataError, load_corpus
@@ -95,6 +97,16 @@ def test_a_lag_ablation_trains_each_lag_on_its_own_corpus_and_logs_target_losses
         # the best checkpoint is the best epoch's model: the same target loss
         best = {h.step: h.value for h in hist}[int(m["train/best_epoch"])]
         assert m["loss/best_val_target_nats_per_char"] == pytest.approx(best, rel=1e-9)
+    # the report: task runs stay out of the corpus tables, and get their own section
+    runs = Runs.load(tracking_uri(TrackingConfig(results_dir=str(tmp_path / "results"))))
+    assert runs.train.empty and len(runs.tasks) == 2
+    o = longlag.outcomes(runs)
+    assert sorted(o.lag) == [5, 20] and set(o.cell) == {"lstm"}
+    assert list(o.learned) == list(o.test_target_nats_per_char < 0.25 * math.log(4))
+    sec = longlag.build(runs, tmp_path / "report")
+    assert sec.missing is None and len(sec.figures) == 1
+    table = sec.tables["longlag_temporal_order"]
+    assert list(table.columns) == ["cell", "lag 5 · k2 10", "lag 20 · k2 10"]
 
 
 @pytest.mark.parametrize("data,needle", [

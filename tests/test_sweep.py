@@ -268,6 +268,20 @@ def test_a_fixed_k1_varies_only_the_truncation_depth(tmp_path):
     by_k2 = {int(c.data.params["train.seq_len"]): c for c in children}
     assert sorted(by_k2) == [4, 8, 16]
     assert {c.data.params["train.k1"] for c in children} == {"4"}
+    # the report's truncation section and claim read the study back
+    from analyses import claims, truncation
+    from analyses.runs import Runs
+
+    runs = Runs.load(tracking_uri(TrackingConfig(results_dir=str(tmp_path / "results"))))
+    [(_, done)] = truncation.studies(runs)
+    assert list(done.k2) == [4, 8, 16]
+    sec = truncation.build(runs, tmp_path / "report")
+    assert sec.missing is None and len(sec.figures) == 1
+    assert list(sec.tables["truncation_s"].k2) == [4, 8, 16]
+    verdict, evidence = claims.c_too_short_bptt(runs, None)
+    gap, short, best = truncation.penalty(done)
+    assert verdict == (claims.REPRODUCED if gap >= claims.MARGIN else claims.NOT)
+    assert f"k2 = {short} is {gap:+.4f} above the best k2 = {best}" in evidence
     # the same updates: each epoch's chars per update are k1 · batch, whatever k2
     updates = {k2: client.get_metric_history(c.info.run_id, "train/updates")
                for k2, c in by_k2.items()}
@@ -278,3 +292,34 @@ def test_a_fixed_k1_above_a_k2_is_refused(tmp_path, capsys):
     cfg = write_config(tmp_path, {**GRID4, "k1": 10})
     assert run.main([str(cfg)]) == 2
     assert "sweep.k1 = 10 exceeds the smallest k2 = 8" in capsys.readouterr().err
+
+
+def test_clipping_studied_over_learning_rates_reads_back_as_a_claim(tmp_path):
+    """Pascanu13's regime in miniature: SGD on the summed loss; at lr 2 the unclipped trial
+    diverges (a result, COMPLETE at the penalty) and the norm-clipped one converges; the
+    report's claim and heatmap read it back from the store."""
+    from analyses import claims
+    from analyses.runs import Runs
+    from study.sweep.figures import bptt_clip_heatmap, swept_axis
+
+    cfg = write_config(tmp_path, {"sampler": "grid", "grid_k2": [16], "k2_min": 4,
+                                  "k2_max": 64, "grid_clip": ["none", "norm:1"],
+                                  "grid_lr": [0.05, 2.0], "trials": 4},
+                       train={"optimizer": "sgd", "time_reduction": "sum", "epochs": 2})
+    assert run.main([str(cfg), "--no-progress"]) == 0
+    t = {(tr.params["lr"], tr.params["clip_mode"]): tr for tr in study_of(tmp_path).get_trials()}
+    assert t[(2.0, "none")].user_attrs.get("diverged")
+    assert not t[(2.0, "norm")].user_attrs.get("diverged")
+    runs = Runs.load(tracking_uri(TrackingConfig(results_dir=str(tmp_path / "results"))))
+    verdict, evidence = claims.c_clip_prevents_divergence(runs, None)
+    assert verdict == claims.REPRODUCED, evidence
+    assert "lr 2: unclipped diverged; converged with norm:1" in evidence
+    [(_, table)] = claims._trials(runs)
+    assert swept_axis(table) == "lr" and bptt_clip_heatmap(table) is not None
+    # clip rate and gradient-norm quantiles per epoch on the trial runs
+    client, children = mlflow_runs(tmp_path, "trial")
+    clipped = [c for c in children if c.data.params["train.clip"] == "norm"
+               and c.data.params["train.lr"] == "2.0"]
+    hist = client.get_metric_history(clipped[0].info.run_id, "train/clip_rate")
+    assert [h.step for h in hist] == [1, 2] and all(0 < h.value <= 1 for h in hist)
+    assert "train/grad_norm_preclip_p99" in clipped[0].data.metrics
