@@ -295,9 +295,15 @@ def c_too_short_bptt(runs, df):
     for s, done in found:
         gap, short, best = truncation.penalty(done)
         ok.append(gap >= MARGIN)
+        dataset = truncation.dataset_of(s)
+        far = truncation.far_gain(truncation.long_context(runs, done, dataset))
+        closers = "" if far is None else (
+            f"; at {truncation.CLOSERS[dataset][0]} ≥ 100 chars from their opener (test, "
+            f"n = {far[2]}) k2 = {short} has {far[0]:.3f} nats/char, the longer k2 "
+            f"{far[1]:.3f} on average")
         rows.append(f"study {s.get('tag.study')} (k1 = {int(done.k1.iloc[0])}, "
                     f"{int(s.get('param.train.epochs', 0) or 0)} epochs, val nats/char): k2 = "
-                    f"{short} is {gap:+.4f} above the best k2 = {best}")
+                    f"{short} is {gap:+.4f} above the best k2 = {best}{closers}")
     o = longlag.outcomes(runs)
     if len(o):
         gated = o[o.cell.isin(["lstm", "gru"])]

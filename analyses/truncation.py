@@ -41,8 +41,11 @@ def studies(runs: Runs) -> list[tuple[pd.Series, pd.DataFrame]]:
     return out
 
 
-def _dataset(runs: Runs, s: pd.Series) -> str:
+def dataset_of(s: pd.Series) -> str:
     return str(s.get("param.data.corpus", s.get("tag.dataset", "?")))
+
+
+_SCORED: dict[tuple, pd.DataFrame] = {}  # the report's section and its claim score once
 
 
 def long_context(runs: Runs, trials: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -50,6 +53,32 @@ def long_context(runs: Runs, trials: pd.DataFrame, dataset: str) -> pd.DataFrame
     closing characters. Empty when the corpus has no closer rule or no checkpoints."""
     if dataset not in CLOSERS:
         return pd.DataFrame()
+    key = (runs.uri, dataset, tuple(trials.mlflow_run_id.astype(str)))
+    if key not in _SCORED:
+        _SCORED[key] = _long_context(runs, trials, dataset)
+    return _SCORED[key]
+
+
+def far_gain(lc: pd.DataFrame, beyond: float = 100) -> tuple[float, float, int] | None:
+    """(mean loss at closers at least `beyond` characters from their opener for the
+    shortest k2, the same for the longer k2s' mean, closers scored), or None."""
+    if lc.empty:
+        return None
+    far = lc[(lc.lo_chars >= beyond) & (lc.scored > 0)]
+    if far.empty:
+        return None
+
+    def mean(d):
+        return float((d.mean_nats * d.scored).sum() / d.scored.sum())
+
+    short = far[far.k2 == far.k2.min()]
+    longer = far[far.k2 > far.k2.min()]
+    if longer.empty:
+        return None
+    return mean(short), float(longer.groupby("k2").apply(mean).mean()), int(short.scored.sum())
+
+
+def _long_context(runs: Runs, trials: pd.DataFrame, dataset: str) -> pd.DataFrame:
     from study.data import load_corpus
     from study.inspect import RunError, load_run
 
@@ -124,7 +153,7 @@ def build(runs: Runs, out: Path) -> Section:
     sec = Section("Truncation depth on its own (k1 fixed, k2 varied)")
     found = []
     for s, done in studies(runs):
-        dataset = _dataset(runs, s)
+        dataset = dataset_of(s)
         name = f"{s.get('tag.study', s.run_name)} ({dataset})"
         sec.sources.append(s.run_id)
         lc = long_context(runs, done, dataset)
