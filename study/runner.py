@@ -213,10 +213,14 @@ def _open(store, cfg: Config, corpus: Corpus, labels: RunLabels, ckpt_dir: Path,
 def describe_run(cfg: Config, corpus: Corpus) -> str:
     """One line on what a training run is, for its note in the MLflow UI."""
     m, t = cfg.model, cfg.train
+    k1 = f" k1 {t.k1}" if t.k1 not in (None, t.seq_len) else ""
+    clip = t.clip if t.clip == "none" else f"{t.clip} {t.clip_value:g}"
+    task = f" {tasks.describe(corpus.task, corpus.lag)}" if corpus.task else ""
     return (f"{m.cell} on {corpus.name} ({corpus.ids.numel():,} chars, {corpus.vocab_size} "
             f"symbols), seed {t.seed}: {m.num_layers}×{m.hidden_size} units, {t.optimizer} "
-            f"lr {t.lr:g}, batch {t.batch_size}, TBPTT k2 {t.seq_len}, clip {t.clip}, up to "
-            f"{t.epochs} epochs. Losses in nats/char and bits/char (loss/…), per split.")
+            f"lr {t.lr:g}, batch {t.batch_size}, TBPTT k2 {t.seq_len}{k1}, clip {clip}, up "
+            f"to {t.epochs} epochs. Losses in nats/char and bits/char (loss/…), per split."
+            + task)
 
 
 def _lr_varies(cfg: Config) -> bool:
