@@ -23,6 +23,11 @@ from analyses.common import COLUMN_WIDTH, Section, save
 from analyses.runs import Runs
 from study import longrange
 
+# Scoring reads the test split in this many streams, not the training batch: a closer
+# counts only when its opener lies in the stream read, and the batch's short streams (a
+# 25,000-character split in 50 streams is 500 characters each) would leave out most of the
+# far ones.
+SCORE_STREAMS = 4
 CLOSERS = {"warpeace": ("closing quotes", longrange.closing_quotes),
            "linux": ("closing braces", longrange.closing_braces)}
 
@@ -50,7 +55,8 @@ _SCORED: dict[tuple, pd.DataFrame] = {}  # the report's section and its claim sc
 
 def long_context(runs: Runs, trials: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Per trial and distance bin: the mean loss (nats/char, test split) at the corpus's
-    closing characters. Empty when the corpus has no closer rule or no checkpoints."""
+    closing characters whose opener lies in the stream read (SCORE_STREAMS streams). Empty
+    when the corpus has no closer rule or no checkpoints."""
     if dataset not in CLOSERS:
         return pd.DataFrame()
     key = (runs.uri, dataset, tuple(trials.mlflow_run_id.astype(str)))
@@ -96,10 +102,10 @@ def _long_context(runs: Runs, trials: pd.DataFrame, dataset: str) -> pd.DataFram
             corpus = load_corpus(cfg.data, cache if cache.is_dir() else None)
             ids = corpus.splits["test"]
             matches = CLOSERS[dataset][1](corpus.decode(ids))
-            seen = longrange.context_chars(len(ids), cfg.train.batch_size)
+            seen = longrange.context_chars(len(ids), SCORE_STREAMS)
             inside = matches.dist <= seen[matches.pos]  # the opener lies in the stream read
             matches = longrange.Matches(matches.pos[inside], matches.dist[inside])
-        nats = longrange.per_char_nats(model, corpus.splits["test"], cfg.train.batch_size,
+        nats = longrange.per_char_nats(model, corpus.splits["test"], SCORE_STREAMS,
                                        cfg.train.eval_seq_len, "cpu")
         b = longrange.by_distance(nats, matches.pos, matches.dist)
         b.insert(0, "k2", int(t.k2))

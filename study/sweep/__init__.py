@@ -3,9 +3,10 @@
 `python -m study.run configs/sweep_bptt_clip.yaml [--workers N]` runs an Optuna study
 when the config's `sweep.enabled` is true. Each trial trains model.cell on data.corpus
 with its own k2 (steps back-propagated), k1 (new steps per update: a fraction of k2, or
-fixed by sweep.k1 so that only k2 varies), clipping scheme (none, norm, value, preact) and threshold (and optionally learning rate) for a fixed budget of
-train.epochs, reporting the validation loss (nats/char) every epoch so that the pruner
-can stop bad trials; the objective is the validation loss after the last epoch.
+fixed by sweep.k1 so that only k2 varies), clipping scheme (none, norm, value, preact)
+and threshold (and optionally learning rate) for a fixed budget of train.epochs,
+reporting the validation loss (nats/char) every epoch so that the pruner can stop bad
+trials; the objective is the validation loss after the last epoch.
 
 Storage: the default is a journal file under <results>/optuna/, safe for several
 processes on one machine; any Optuna storage URL works (postgresql://... for workers on
