@@ -57,11 +57,11 @@ def figure(o: pd.DataFrame, task: str):
     chance, thr = chance_nats(task), success_threshold(task)
     ncol = min(3, len(cells))
     nrow = -(-len(cells) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(COLUMN_WIDTH * 0.72 * ncol,
-                                                  (0.42 * len(lags) + 1.0) * nrow),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(COLUMN_WIDTH * 0.8 * ncol + 0.8,
+                                                  (0.45 * len(lags) + 1.1) * nrow + 0.4),
+                             squeeze=False, layout="constrained")
     im = None
-    for ax, cell in zip(axes.flat, cells, strict=False):
+    for n, (ax, cell) in enumerate(zip(axes.flat, cells, strict=False)):
         d = o[o.cell == cell].groupby(["lag", "k2"]).test_target_nats_per_char.mean()
         grid = np.array([[d.get((lag, k2), np.nan) for k2 in k2s] for lag in lags])
         im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=chance, aspect="auto")
@@ -69,19 +69,21 @@ def figure(o: pd.DataFrame, task: str):
             for j, k2 in enumerate(k2s):
                 v = grid[i, j]
                 if v == v:
+                    # viridis is dark at 0 and light at chance: white text on the dark end
                     ax.text(j, i, f"{v:.2f}" + (" ✓" if v < thr else ""), ha="center",
-                            va="center", fontsize=6.5, color="w" if v > chance / 2 else "k")
+                            va="center", fontsize=6.5, color="k" if v > 0.6 * chance else "w")
                 if k2 < lag:
                     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ls=":",
                                                lw=0.8, ec="0.85"))
         ax.set_xticks(range(len(k2s)), [str(k) for k in k2s])
         ax.set_yticks(range(len(lags)), [str(lag) for lag in lags])
-        ax.set(title=cell, xlabel="k2 (steps back-propagated)", ylabel="lag (chars)")
+        ax.set(title=cell, xlabel="k2 (steps back-propagated)" if n >= len(cells) - ncol
+               else "", ylabel="lag (chars)" if n % ncol == 0 else "")
         ax.grid(False)
     for ax in list(axes.flat)[len(cells):]:
         ax.axis("off")
     if im is not None:
-        fig.colorbar(im, ax=axes, fraction=0.03, label="test loss on targets (nats/char)")
+        fig.colorbar(im, ax=axes, fraction=0.04, label="test loss on targets (nats/char)")
     fig.suptitle(f"{task}: ✓ learned (target loss < {thr:.2f} nats/char, "
                  f"{SUCCESS_FRACTION:g} × chance {chance:.2f}); dotted: k2 < lag", fontsize=8)
     return fig

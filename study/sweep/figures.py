@@ -99,13 +99,17 @@ def bptt_clip_heatmap(table: pd.DataFrame):
     grid = done.pivot_table(index="clipping", columns="col", values="val_nats_per_char",
                             aggfunc="min").reindex(index=rows, columns=cols)
     fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 2.4, 0.45 * len(rows) + 1.6))
-    im = ax.imshow(grid.values.astype(float), cmap="viridis_r", aspect="auto")
+    values = grid.values.astype(float)
+    im = ax.imshow(values, cmap="viridis_r", aspect="auto")
+    lo, hi = np.nanmin(values, initial=np.inf), np.nanmax(values, initial=-np.inf)
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
             v = grid.values[i, j]
             cell = t[(t["clipping"] == r) & (t["col"] == c)]
-            if v == v:
-                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
+            if v == v:  # viridis_r is light at the low end: dark text there
+                dark = hi > lo and (v - lo) / (hi - lo) < 0.6
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
+                        color="k" if dark or hi == lo else "w")
             elif (cell.outcome == "diverged").any():
                 ax.text(j, i, "×", ha="center", va="center", fontsize=10, color="#d62728")
             elif (cell.state == "PRUNED").any():
