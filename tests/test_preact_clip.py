@@ -17,6 +17,7 @@ from study.config import ModelConfig
 from study.engine.cells import CELLS, RNN
 from study.engine.scan import clip_preactivations, record_state_grads, single_backward
 from study.model import CharLM, RecurrentLayer
+from tests.reference import binary_gate, hard_sigmoid, sig, tanh
 
 T, B, I, H, V = 7, 3, 4, 5, 6
 ENGINES = ["fused", "torch"]
@@ -25,17 +26,6 @@ CASES = [(n, False) for n in CELLS] + [("lstm1997", True)]
 CASE_IDS = [n + ("-truncated" if tr else "") for n, tr in CASES]
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
-sig = torch.sigmoid
-tanh = torch.tanh
-
-
-def hard_sigmoid(a):
-    return torch.clamp(0.2 * a + 0.5, 0.0, 1.0)
-
-
-def binary_gate(a):
-    hard = hard_sigmoid(a)
-    return hard + ((a > 0).to(a.dtype) - hard).detach()
 
 
 class Hooks:

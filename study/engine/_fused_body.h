@@ -279,7 +279,8 @@ long FN(gru_bwd)(int B, int H, const REAL *ds, const REAL *kept, const REAL *s_p
         const REAL *dsr = ds + (long)b * H;
         REAL *d = da + (long)b * 3 * H, *dh = dha + (long)b * 3 * H;
         REAL *dp = ds_prev + (long)b * H;
-        if (clip > 0) {
+        if (clip > 0) { /* the loop below, with the clamps: kept apart so that the
+                         * unclipped loop stays as it was */
             int kb = 0;
             for (int j = 0; j < H; j++) {
                 REAL g = dsr[j];
