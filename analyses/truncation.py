@@ -181,12 +181,10 @@ def build(runs: Runs, out: Path) -> Section:
             sec.captions[f"closers_{s.get('tag.study')}"] = (
                 f"{name}: mean loss at {what} (nats/char, test split) by the distance to "
                 "the opener, per k2 (n: closers scored, whose opener lay in the stream read)")
-        best = done.loc[done.val_nats_per_char.idxmin()]
-        short = done[done.k2 == done.k2.min()].iloc[0]
-        sec.text += (f"**{name}**: k1 = {k1}; k2 = {int(short.k2)} ends at "
-                     f"{short.val_nats_per_char:.4f} nats/char, the best k2 = {int(best.k2)} "
-                     f"at {best.val_nats_per_char:.4f} "
-                     f"({short.val_nats_per_char - best.val_nats_per_char:+.4f}). ")
+        gap, short, best = penalty(done)
+        loss = done.set_index("k2").val_nats_per_char
+        sec.text += (f"**{name}**: k1 = {k1}; k2 = {short} ends at {loss[short]:.4f} "
+                     f"nats/char, the best k2 = {best} at {loss[best]:.4f} ({gap:+.4f}). ")
     if not found:
         sec.missing = ("no study that varies k2 alone: run `python -m study.run "
                        "configs/sweep_bptt.yaml --workers 2` (and sweep_bptt_linux.yaml)")

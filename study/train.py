@@ -124,11 +124,12 @@ def clip_gradients(model: CharLM, mode: str, value: float) -> tuple[float, bool]
     if mode == "norm":  # Pascanu13: g <- θ g / ‖g‖ when ‖g‖ > θ
         norm = float(torch.nn.utils.clip_grad_norm_(params, value))
         return norm, norm > value
-    norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    grads = [p.grad for p in params]
+    norm = float(torch.nn.utils.get_total_norm(grads))
     if mode == "value":  # char-rnn: each component clipped to [−θ, θ]
-        clipped = any(bool((p.grad.abs() > value).any()) for p in params)
+        largest = float(torch.nn.utils.get_total_norm(grads, norm_type=math.inf))
         torch.nn.utils.clip_grad_value_(params, value)
-        return norm, clipped
+        return norm, largest > value
     return norm, False
 
 

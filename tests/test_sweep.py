@@ -193,6 +193,20 @@ def test_duplicate_suggestions_are_not_trained_twice(tmp_path):
     assert len(mlflow_runs(tmp_path, "trial")[1]) == 1  # trained once
 
 
+def test_a_duplicate_of_a_diverged_trial_is_diverged_too(tmp_path, capsys):
+    cfg = write_config(tmp_path, {"sampler": "random", "k2_min": 16, "k2_max": 16,
+                                  "k1_fractions": [1.0], "clip_modes": ["none"],
+                                  "trials": 2}, train={"optimizer": "adam", "lr": 50.0})
+    assert run.main([str(cfg), "--no-progress"]) == 0
+    first, second = study_of(tmp_path).get_trials()
+    assert second.user_attrs["duplicate_of"] == 0
+    for t in (first, second):
+        assert t.state == TrialState.COMPLETE and t.user_attrs["diverged"]
+    assert second.value == first.value and second.user_attrs["fail_reason"]
+    assert "0 converged, 2 diverged" in capsys.readouterr().out
+    assert len(mlflow_runs(tmp_path, "trial")[1]) == 1  # trained once
+
+
 def test_a_study_resumed_with_another_config_is_refused(tmp_path, capsys):
     cfg = write_config(tmp_path, {**GRID4, "trials": 1})
     assert run.main([str(cfg), "--no-progress"]) == 0
@@ -269,7 +283,7 @@ def test_a_fixed_k1_varies_only_the_truncation_depth(tmp_path):
     assert sorted(by_k2) == [4, 8, 16]
     assert {c.data.params["train.k1"] for c in children} == {"4"}
     # the report's truncation section and claim read the study back
-    from analyses import claims, truncation
+    from analyses import claims, sweep_claims, truncation
     from analyses.runs import Runs
 
     runs = Runs.load(tracking_uri(TrackingConfig(results_dir=str(tmp_path / "results"))))
@@ -278,7 +292,7 @@ def test_a_fixed_k1_varies_only_the_truncation_depth(tmp_path):
     sec = truncation.build(runs, tmp_path / "report")
     assert sec.missing is None and len(sec.figures) == 1
     assert list(sec.tables["truncation_s"].k2) == [4, 8, 16]
-    verdict, evidence = claims.c_too_short_bptt(runs, None)
+    verdict, evidence = sweep_claims.c_too_short_bptt(runs, None)
     gap, short, best = truncation.penalty(done)
     assert verdict == (claims.REPRODUCED if gap >= claims.MARGIN else claims.NOT)
     assert f"k2 = {short} is {gap:+.4f} above the best k2 = {best}" in evidence
@@ -298,7 +312,7 @@ def test_clipping_studied_over_learning_rates_reads_back_as_a_claim(tmp_path):
     """Pascanu13's regime in miniature: SGD on the summed loss; at lr 2 the unclipped trial
     diverges (a result, COMPLETE at the penalty) and the norm-clipped one converges; the
     report's claim and heatmap read it back from the store."""
-    from analyses import claims
+    from analyses import claims, sweep_claims
     from analyses.runs import Runs
     from study.sweep.figures import bptt_clip_heatmap, swept_axis
 
@@ -311,10 +325,10 @@ def test_clipping_studied_over_learning_rates_reads_back_as_a_claim(tmp_path):
     assert t[(2.0, "none")].user_attrs.get("diverged")
     assert not t[(2.0, "norm")].user_attrs.get("diverged")
     runs = Runs.load(tracking_uri(TrackingConfig(results_dir=str(tmp_path / "results"))))
-    verdict, evidence = claims.c_clip_prevents_divergence(runs, None)
+    verdict, evidence = sweep_claims.c_clip_prevents_divergence(runs, None)
     assert verdict == claims.REPRODUCED, evidence
     assert "lr 2: unclipped diverged; converged with norm:1" in evidence
-    [(_, table)] = claims._trials(runs)
+    [(_, table)] = sweep_claims.trials(runs)
     assert swept_axis(table) == "lr" and bptt_clip_heatmap(table) is not None
     # clip rate and gradient-norm quantiles per epoch on the trial runs
     client, children = mlflow_runs(tmp_path, "trial")

@@ -80,9 +80,8 @@ from study.sweep.storage import (
     study_name,
 )
 from study.sweep.summary import summarise
-from study.train import Diverged
 
-__all__ = ["Diverged", "open_storage", "param_key", "run_sweep"]
+__all__ = ["open_storage", "param_key", "run_sweep"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 RESUME_HINT = "re-run the command to resume the study"
@@ -98,22 +97,22 @@ class ProbesFailed(RuntimeError):
 
 def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
               progress: bool) -> float:
-    """Train one trial through run_one and return its objective; raises optuna.TrialPruned,
-    Diverged or ProbesFailed for the other outcomes."""
+    """Train one trial through run_one and return its objective (a diverged trial's is
+    diverged_value); raises optuna.TrialPruned or ProbesFailed for the other outcomes."""
     params = suggest(trial, cfg.sweep)
     twin = _twin(study, trial, params)
     if twin is not None:
         trial.set_user_attr("duplicate_of", twin.number)
         print(f"trial {trial.number}: same parameters as trial {twin.number}, not trained "
               "again", file=sys.stderr)
-        if twin.state == TrialState.COMPLETE:
-            return twin.value
         if twin.state == TrialState.PRUNED:
             raise optuna.TrialPruned(f"duplicate of pruned trial {twin.number}")
-        trial.set_user_attr("diverged", True)
-        trial.set_user_attr("fail_reason", twin.user_attrs.get("fail_reason",
-                                                               f"as trial {twin.number}"))
-        return diverged_value(cfg, corpus)
+        if twin.user_attrs.get("diverged"):  # COMPLETE, or FAIL in an older study
+            trial.set_user_attr("diverged", True)
+            trial.set_user_attr("fail_reason", twin.user_attrs.get("fail_reason",
+                                                                   f"as trial {twin.number}"))
+            return diverged_value(cfg, corpus)
+        return twin.value
     child = trial_config(cfg, params)
     trial.set_user_attr("k1", child.train.k1)
     labels = RunLabels(trial_name(child, params), {
@@ -163,9 +162,9 @@ def run_trial(study, trial, cfg: Config, corpus, store, parent_id: str | None,
         if history:
             trial.set_user_attr("last_finite_val_nats_per_char",
                                 history[-1]["val_nats_per_char"])
-        state("DIVERGED")
         if store is not None and run_ids:
-            store.set_tags(run_ids[0], {"outcome": "diverged", "objective_value": f"{value:.6g}"})
+            store.set_tags(run_ids[0], {"trial_state": "DIVERGED", "outcome": "diverged",
+                                        "objective_value": f"{value:.6g}"})
         print(f"trial {trial.number} diverged ({out.reason}); its value is the stated "
               f"penalty {value:.4f} nats/char", file=sys.stderr)
         return value
@@ -248,10 +247,6 @@ def work(cfg_dict: dict, url: str, name: str, parent_run_id: str | None, worker:
             surprises = 0
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
-        except Diverged as e:
-            trial.set_user_attr("fail_reason", str(e))
-            study.tell(trial, state=TrialState.FAIL)
-            print(f"trial {trial.number} diverged: {e}", file=sys.stderr)
         except ProbesFailed as e:  # trained, but the user must see it: not counted
             trial.set_user_attr("fail_reason", str(e)[:2000])
             study.tell(trial, state=TrialState.FAIL)
