@@ -131,6 +131,21 @@ class ProbesConfig:
     error_flow: bool = opt(True, "measure ‖dℓ_t/dh_(t-q)‖ and ‖dℓ_t/dc_(t-q)‖ against q")
     error_flow_q: int = opt(200, "largest distance q", lo=1)
     error_flow_batch: int = opt(32, "sequences the error flow is averaged over", lo=1)
+    errors: bool = opt(False, "after training, break the model's test errors down as "
+                       "Karpathy15 do (study.errors: n-gram, dynamic memory, rare word, word "
+                       "start, punctuation, boost) and, on code, score closing braces "
+                       "against the 20-gram")
+    errors_p: float = opt(0.5, "errors: a test character is an error when the model gives it "
+                          "a probability below this", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    errors_ngram_order: int = opt(9, "errors: n-gram models of orders 1..this explain an error "
+                                  "when one of them gives the character p >= errors_p", lo=1,
+                                  hi=20)
+    errors_memory_chars: int = opt(8, "errors: dynamic memory needs the character and this many "
+                                   "before it to have occurred earlier", lo=1)
+    errors_memory_window: int = opt(1000, "errors: ... within this many characters before",
+                                    lo=1)
+    errors_rare_count: int = opt(5, "errors: a rare word occurs at most this often in the "
+                                 "train split", lo=0)
 
 
 @dataclass(frozen=True)
@@ -179,6 +194,14 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class NgramConfig:
+    max_order: int = opt(20, "n-gram baselines (python -m study.ngram): orders 1..max_order, "
+                         "Karpathy15's up to 20", lo=1, hi=20)
+    smoothing: str = opt("mkn", "interpolated Kneser-Ney: mkn (modified, three discounts per "
+                         "order) or kn (one discount)", choices=("mkn", "kn"))
+
+
+@dataclass(frozen=True)
 class AblationConfig:
     variants: list[str] = opt([], "cells to train (empty: model.cell)")
     datasets: list[str] = opt([], "corpora to train on (empty: data.corpus)")
@@ -203,3 +226,4 @@ class Config:
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    ngram: NgramConfig = field(default_factory=NgramConfig)
