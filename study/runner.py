@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,8 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
         if corpus.task is not None:
             _log_targets(run, res, cfg, corpus)
         probes = _final_probes(run, res, cfg, corpus, title) if cfg.probes.enabled else None
+        if cfg.probes.enabled and cfg.probes.errors:
+            failed_probes.update(_final_errors(run, res, cfg, corpus, title, progress))
         res.seconds = time.perf_counter() - t0  # the whole run: training, test and probes
         run.log_metrics({"run_seconds": res.seconds})
         run.set_tags(_run_tags(res.model, res.device))
@@ -248,6 +251,24 @@ def _final_probes(run, res: training.Result, cfg: Config, corpus: Corpus,
                         init_model=initial_model if cfg.probes.error_flow else None)
         log_probes(run, pr, out)
     return pr
+
+
+def _final_errors(run, res: training.Result, cfg: Config, corpus: Corpus, title: str,
+                  progress: bool) -> dict[str, str]:
+    """Karpathy15's error analysis of a trained run (study.errors), logged to it; a
+    failure is returned as {"errors": reason} (the run then ends FAILED, as for a probe)."""
+    from study import errors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "errors"
+        try:
+            result = errors.analyse(res.model, corpus, cfg, out, title, res.device, progress)
+        except Exception as e:  # noqa: BLE001 (the run ends FAILED with the reason)
+            print("probes: the errors analysis failed:", file=sys.stderr)
+            traceback.print_exc()
+            return {"errors": f"{type(e).__name__}: {e}"}
+        errors.log_errors(run, result, out)
+    return {}
 
 
 def log_probes(run, pr: ProbeResult, out: Path | None) -> None:
