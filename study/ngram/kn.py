@@ -21,8 +21,9 @@ never seen in training still get probability).
 * Discounts, per order and per kind of count, from its count-of-counts n_r (the number of
   k-grams with count r): Y = n1 / (n1 + 2 n2), D1 = 1 − 2Y n2/n1, D2 = 2 − 3Y n3/n2,
   D3+ = 3 − 4Y n4/n3 (`kn`: D = Y for all three). A discount that is undefined (a zero
-  count-of-counts, in tiny texts) is j/2; each is then clipped to [0.1, j] so that a seen
-  context always leaves some mass to the lower order (every probability stays > 0).
+  count-of-counts in a denominator, in tiny texts) is j/2 (`kn`: 1/2); each is then
+  clipped to [0.1, j] (`kn`: [0.1, 1]) so that a seen context always leaves some mass to
+  the lower order (every probability stays > 0).
 * The interpolation, level by level, with P_0(w) = 1/V:
 
       P_k(w | h) = [max(c(hw) − D(c(hw)), 0) + γ(h) · P*_{k−1}(w | h')] / C(h)
@@ -201,6 +202,15 @@ class KneserNey:
                    for o in self.orders)
 
     # scoring -----------------------------------------------------------------------------
+    def _text(self, ids) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(ids), dtype=np.int64)
+        if x.ndim != 1:
+            raise NGramError(f"a text to score is a 1-d array of token ids, got shape {x.shape}")
+        if len(x) and (x.min() < 0 or x.max() >= self.vocab_size):
+            raise NGramError(f"token ids must lie in 0..{self.vocab_size - 1} (the "
+                             f"vocabulary), got {x.min()}..{x.max()}")
+        return x
+
     def _ranks(self, x: np.ndarray) -> list[np.ndarray]:
         """ranks[k − 1][i]: the rank of the k-gram of x ending at i in the training
         table of order k, or −1 (unseen, or i < k − 1)."""
@@ -225,12 +235,9 @@ class KneserNey:
     def log_probs(self, ids, max_order: int | None = None) -> np.ndarray:
         """(max_order, N) float64: ln P_n(ids[i] | the n − 1 characters before i in ids)
         for n = 1..max_order (row n − 1); at i < n − 1 the order-(i + 1) model's."""
-        K = check_order(max_order or self.max_order, "order", self.max_order)
-        x = np.ascontiguousarray(np.asarray(ids), dtype=np.int64)
-        if x.ndim != 1:
-            raise NGramError("log_probs takes a 1-d text of token ids")
-        if len(x) and (x.min() < 0 or x.max() >= self.vocab_size):
-            raise NGramError(f"token ids must lie in 0..{self.vocab_size - 1}")
+        K = check_order(max_order if max_order is not None else self.max_order, "order",
+                        self.max_order)
+        x = self._text(ids)
         N = len(x)
         ranks = self._ranks(x)
         out = np.empty((K, N))
@@ -268,7 +275,7 @@ class KneserNey:
         position i of ids, given the characters before it (conditioned as log_probs is):
         every row sums to 1. Memory about 5 · N · V · 8 bytes; meant for short stretches."""
         K = check_order(order, "order", self.max_order)
-        x = np.ascontiguousarray(np.asarray(ids), dtype=np.int64)
+        x = self._text(ids)
         N, V = len(x), self.vocab_size
         ranks = self._ranks(x)
         w = np.arange(V)[None, :]  # (1, V) every candidate character
