@@ -240,7 +240,8 @@ def run_hash(cfg: Config) -> str:
     training), nothing that only says where it is logged or how fast it runs."""
     d = to_dict(cfg)
     return digest({k: d[k] for k in ("data", "model", "train")},
-                  drop=("train.threads", "train.device", "model.engine"))
+                  drop=("train.threads", "train.device", "model.engine",
+                        "train.keep_checkpoints"))
 
 
 def describe(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:

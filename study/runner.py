@@ -142,13 +142,16 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
             _log_targets(run, res, cfg, corpus)
         probes = _final_probes(run, res, cfg, corpus, title) if cfg.probes.enabled else None
         if cfg.probes.enabled and cfg.probes.errors:
-            failed_probes.update(_final_errors(run, res, cfg, corpus, title, progress))
+            failed_probes.update(_final_errors(run, res, cfg, corpus, title, progress,
+                                               ckpt_dir))
         res.seconds = time.perf_counter() - t0  # the whole run: training, test and probes
         run.log_metrics({"run_seconds": res.seconds})
         run.set_tags(_run_tags(res.model, res.device))
         failed_probes.update(probes.failed if probes is not None else {})
         if log_checkpoint and (ckpt_dir / "best.pt").is_file():
             run.log_artifact(ckpt_dir / "best.pt", "checkpoint")
+            if cfg.train.keep_checkpoints == "all" and (ckpt_dir / training.EPOCHS_DIR).is_dir():
+                run.log_artifacts(ckpt_dir / training.EPOCHS_DIR, "checkpoint/epochs")
             run.log_model(res.model, corpus.vocab_size,
                           f"{title}: the best epoch's weights ({res.best_epoch}), val "
                           f"{res.best_val:.4f} nats/char")
@@ -254,15 +257,20 @@ def _final_probes(run, res: training.Result, cfg: Config, corpus: Corpus,
 
 
 def _final_errors(run, res: training.Result, cfg: Config, corpus: Corpus, title: str,
-                  progress: bool) -> dict[str, str]:
-    """Karpathy15's error analysis of a trained run (study.errors), logged to it; a
-    failure is returned as {"errors": reason} (the run then ends FAILED, as for a probe)."""
+                  progress: bool, ckpt_dir: Path) -> dict[str, str]:
+    """Karpathy15's error analysis of a trained run (study.errors; with
+    train.keep_checkpoints=all also its training dynamics), logged to it; a failure is
+    returned as {"errors": reason} (the run then ends FAILED, as for a probe)."""
     from study import errors
 
+    kept = ckpt_dir / training.EPOCHS_DIR
+    epochs = errors.epoch_models(kept, cfg, corpus.vocab_size, res.device) \
+        if cfg.train.keep_checkpoints == "all" and kept.is_dir() else None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "errors"
         try:
-            result = errors.analyse(res.model, corpus, cfg, out, title, res.device, progress)
+            result = errors.analyse(res.model, corpus, cfg, out, title, res.device, progress,
+                                    epochs)
         except Exception as e:  # noqa: BLE001 (the run ends FAILED with the reason)
             print("probes: the errors analysis failed:", file=sys.stderr)
             traceback.print_exc()

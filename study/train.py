@@ -214,6 +214,17 @@ def set_rng_states(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+EPOCHS_DIR = "epochs"  # train.keep_checkpoints=all: <ckpt_dir>/epochs/epoch_NNN.pt
+
+
+def save_epoch(ckpt_dir: Path, epoch: int, model, cfg: Config, corpus: data.Corpus) -> Path:
+    """The weights after `epoch` (0: at initialisation), loadable as a best.pt is."""
+    path = Path(ckpt_dir) / EPOCHS_DIR / f"epoch_{epoch:03d}.pt"
+    save_checkpoint(path, model=model.state_dict(), config=to_dict(cfg), vocab=corpus.vocab,
+                    epoch=epoch)
+    return path
+
+
 def load_checkpoint(path: Path, require: tuple[str, ...] = (), *, name: str | None = None,
                     fix: str = RESUME_FIX) -> dict:
     """A checkpoint's payload, read as tensors and plain types only (nothing in it runs).
@@ -257,6 +268,9 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
 
     t0 = time.perf_counter() - sum(h["epoch_seconds"] for h in res.history)
     stop_reason = ""
+    if t.keep_checkpoints == "all" and ckpt_dir is not None and start_epoch == 1:
+        save_epoch(ckpt_dir, 0, model, cfg, corpus)  # the initial weights
+
     for epoch in range(start_epoch, t.epochs + 1):
         if bad_epochs >= (t.patience or math.inf):
             break
@@ -297,6 +311,8 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
                             epoch=epoch, history=res.history, best_val=res.best_val,
                             best_epoch=res.best_epoch, initial_loss=initial_loss,
                             bad=bad_epochs)
+        if t.keep_checkpoints == "all" and ckpt_dir is not None:
+            save_epoch(ckpt_dir, epoch, model, cfg, corpus)
         if on_epoch is not None:
             on_epoch(EpochReport(epoch, {k: v for k, v in row.items() if k != "epoch"},
                                  model, device, first=epoch == start_epoch))

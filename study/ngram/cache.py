@@ -188,3 +188,52 @@ def test_log_probs(corpus, orders: Iterable[int], smoothing: str = "mkn",
 
 def bits(nats_per_char: float) -> float:
     return nats_per_char / math.log(2)
+
+
+def stretch_distributions(corpus, orders: Iterable[int], chars: int, smoothing: str = "mkn",
+                          cache_dir: Path | str | None = None, progress: bool = True
+                          ) -> dict[int, np.ndarray]:
+    """order -> (N, V) float64: each order's distribution of every character of the first
+    `chars` characters of the val split (KneserNey.distributions), from the cache where it
+    has them (keyed also by the stretch's own checksum), else fitted on train now."""
+    orders = [check_order(k) for k in orders]
+    check_smoothing(smoothing)
+    ids = np.ascontiguousarray(corpus.splits["val"][:chars].numpy()).astype(np.int32)
+    tag = hashlib.sha256(ids.tobytes()).hexdigest()[:16]
+    folder = _folder(cache_dir, split_checksum(corpus), smoothing) \
+        if cache_dir is not None else None
+    path = (lambda k: folder / f"val_{len(ids)}_{tag}_order_{k:02d}.npz") if folder else None
+    out: dict[int, np.ndarray] = {}
+
+    def lookup():
+        for k in orders:
+            if path is not None and k not in out and path(k).is_file():
+                try:
+                    with np.load(path(k), allow_pickle=False) as z:
+                        if z["p"].shape == (len(ids), corpus.vocab_size):
+                            out[k] = z["p"].astype(np.float64)
+                except (OSError, KeyError, ValueError) as e:
+                    print(f"warning: n-gram cache {path(k)} cannot be read ({e}); refitting",
+                          file=sys.stderr)
+
+    lookup()
+    if len(out) < len(orders):
+        with file_lock(folder / ".lock" if folder is not None else None):
+            lookup()
+            missing = [k for k in orders if k not in out]
+            if missing:
+                t0 = time.perf_counter()
+                model = KneserNey.fit(corpus.splits["train"].numpy(), corpus.vocab_size,
+                                      max(missing), smoothing)
+                for k in missing:
+                    p = model.distributions(ids, k).astype(np.float32)
+                    if path is not None:
+                        buf = io.BytesIO()
+                        np.savez(buf, p=p)
+                        atomic_write(path(k), lambda f, b=buf: f.write(b.getvalue()))
+                    out[k] = p.astype(np.float64)
+                if progress:
+                    print(f"  n-grams of {corpus.name}: orders 1..{max(missing)} fitted and "
+                          f"their predictions on {len(ids):,} val chars computed in "
+                          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return out
