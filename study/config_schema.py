@@ -94,8 +94,9 @@ class TrainConfig:
     sample_chars: int = opt(300, "length of the text sample logged every epoch", lo=0)
     keep_checkpoints: str = opt(
         "best", "checkpoints kept and logged: the best epoch's (best), or also the weights "
-        "at initialisation and after every epoch (all: checkpoint/epochs/epoch_NNN.pt, what "
-        "study.errors' training dynamics read)", choices=("best", "all"))
+        "at initialisation, after updates 1, 2, 4, ... of the first epoch and after every "
+        "epoch (all: checkpoint/snapshots/update_N.pt, what study.errors' training dynamics "
+        "read)", choices=("best", "all"))
     seed: int = opt(0, "seed for torch, numpy and random", lo=0)
     device: str = opt("auto", "auto picks CUDA when present", choices=("auto", "cpu", "cuda"))
     threads: int | None = opt(None, "torch intra-op threads (default: torch's choice)", lo=1)
@@ -151,8 +152,8 @@ class ProbesConfig:
     errors_rare_count: int = opt(5, "errors: a rare word occurs at most this often in the "
                                  "train split", lo=0)
     dynamics_chars: int = opt(10_000, "errors, with train.keep_checkpoints=all: characters of "
-                              "the validation split on which each epoch's predictions are "
-                              "compared with the n-grams'", lo=100)
+                              "the validation split on which each snapshot's predictions "
+                              "are compared with the n-grams'", lo=100)
 
 
 @dataclass(frozen=True)

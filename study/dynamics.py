@@ -1,8 +1,9 @@
 """Training dynamics against n-grams (Karpathy15 §4): does a model pass through low-order
 n-gram behaviour on its way to what it finally predicts?
 
-For each kept checkpoint of a run (train.keep_checkpoints: all keeps the weights at
-initialisation, epoch 0, and after every epoch), its predictive distribution over the
+For each kept snapshot of a run (train.keep_checkpoints: all keeps the weights at
+initialisation, after updates 1, 2, 4, 8, ... of the first epoch, where a model changes
+fastest, and after every epoch), its predictive distribution over the
 next character is compared, position by position, with that of each n-gram model of
 order 1..K (K = probes.errors_ngram_order, default 9; study.ngram.kn, fitted on the train
 split) on one fixed stretch of the validation split: its first probes.dynamics_chars
@@ -13,8 +14,9 @@ the context the stretch itself gives (study.ngram.kn's rule at its start). The f
 The measure is the Jensen–Shannon divergence, in nats (0 for identical predictions, at
 most ln 2 ≈ 0.693): JS(p, q) = ½ KL(p ‖ m) + ½ KL(q ‖ m) with m = ½ (p + q), symmetric
 and finite even where one model gives a character probability 0 (the model's softmax
-and the Kneser–Ney models never do). Reported per (epoch, order): the mean JS over the
-positions, and per epoch the order the model is closest to.
+and the Kneser–Ney models never do). Reported per (snapshot, order): the mean JS over the
+positions, and per snapshot the order the model is closest to; a snapshot is named by the
+updates done (the MLflow step of its metrics) and the epochs that is (fractional).
 
 The n-grams' distributions on the stretch are cached with their test results
 (study.ngram.cache), so the same corpus is fitted once.
@@ -60,10 +62,10 @@ def model_distributions(model, ids: torch.Tensor, device="cpu") -> np.ndarray:
     return out
 
 
-def dynamics(epoch_models, corpus, cfg, cache_dir: Path | None, progress: bool = True
+def dynamics(snapshots, corpus, cfg, cache_dir: Path | None, progress: bool = True
              ) -> pd.DataFrame:
-    """epoch_models: iterable of (epoch, model). One row per (epoch, order): mean JS
-    divergence (nats) between the model's and the order's predictions on the stretch,
+    """snapshots: iterable of (update, epoch, model). One row per (snapshot, order): mean
+    JS divergence (nats) between the model's and the order's predictions on the stretch,
     and the positions averaged over."""
     p = cfg.probes
     ids = corpus.splits["val"][:p.dynamics_chars]
@@ -72,52 +74,61 @@ def dynamics(epoch_models, corpus, cfg, cache_dir: Path | None, progress: bool =
                                   progress)
     keep = slice(max(1, min(p.warmup, len(ids) // 10)), len(ids))
     rows = []
-    for epoch, model in epoch_models:
+    for update, epoch, model in snapshots:
         q = model_distributions(model, ids, next(model.parameters()).device)[keep]
         for k in orders:
             js = js_divergence(q, grams[k][keep])
-            rows.append({"epoch": epoch, "order": k, "js_nats": float(js.mean()),
-                         "positions": len(js)})
+            rows.append({"update": update, "epoch": epoch, "order": k,
+                         "js_nats": float(js.mean()), "positions": len(js)})
     return pd.DataFrame(rows)
 
 
 def closest(df: pd.DataFrame) -> pd.DataFrame:
-    """Per epoch, the n-gram order whose predictions the model's are closest to."""
-    i = df.groupby("epoch").js_nats.idxmin()
-    return df.loc[i, ["epoch", "order", "js_nats"]].rename(
+    """Per snapshot, the n-gram order whose predictions the model's are closest to."""
+    i = df.groupby("update").js_nats.idxmin()
+    return df.loc[i, ["update", "epoch", "order", "js_nats"]].rename(
         columns={"order": "closest_order"}).reset_index(drop=True)
 
 
 def metrics(df: pd.DataFrame) -> dict[int, dict[str, float]]:
-    """Per epoch, the metrics logged with step = epoch: errors/dynamics_js_order_NN and
-    errors/dynamics_closest_order."""
+    """Per snapshot, the metrics logged with step = its updates: errors/dynamics_js_order_NN
+    and errors/dynamics_closest_order."""
     out: dict[int, dict[str, float]] = {}
     for r in df.itertuples():
-        out.setdefault(int(r.epoch), {})[f"errors/dynamics_js_order_{r.order:02d}"] = r.js_nats
+        out.setdefault(int(r.update), {})[f"errors/dynamics_js_order_{r.order:02d}"] = \
+            r.js_nats
     for r in closest(df).itertuples():
-        out[int(r.epoch)]["errors/dynamics_closest_order"] = r.closest_order
+        out[int(r.update)]["errors/dynamics_closest_order"] = r.closest_order
     return out
 
 
 def figure(df: pd.DataFrame, title: str, path: Path) -> None:
-    """Mean JS divergence against the epoch, one line per n-gram order."""
+    """Mean JS divergence against the updates done (symmetric-log axis: the first epoch's
+    doubling snapshots spread out), one line per n-gram order."""
     from study.probes.figures import plt
 
     fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=120)
     orders = sorted(df.order.unique())
     cmap = plt.get_cmap("viridis")
     for j, k in enumerate(orders):
-        d = df[df.order == k].sort_values("epoch")
-        ax.plot(d.epoch, d.js_nats, "o-", ms=3, lw=1.2,
+        d = df[df.order == k].sort_values("update")
+        ax.plot(d["update"], d.js_nats, "o-", ms=3, lw=1.2,
                 color=cmap(j / max(1, len(orders) - 1)), label=f"{k}-gram")
     near = closest(df)
     for r in near.itertuples():
-        ax.annotate(f"{r.closest_order}", (r.epoch, r.js_nats), textcoords="offset points",
+        ax.annotate(f"{r.closest_order}", (r.update, r.js_nats), textcoords="offset points",
                     xytext=(0, -11), ha="center", fontsize=7, color="#222222")
-    ax.set_xlabel("epoch (0: initial weights)")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("updates (symmetric log scale; 0: initial weights)")
     ax.set_ylabel("mean JS divergence on val (nats)")
     ax.set_ylim(0, math.log(2) * 1.02)
-    ax.set_xticks(sorted(df.epoch.unique()))
+    ends = df[df.epoch == df.epoch.round()].drop_duplicates("update")
+    for r in ends.itertuples():
+        if r.epoch >= 1:
+            ax.axvline(r.update, color="#bbbbbb", lw=0.8, zorder=0)
+            ax.annotate(f"epoch {int(r.epoch)}", (r.update, math.log(2)), fontsize=6,
+                        rotation=90, va="top", ha="right", color="#777777")
     ax.set_title(title + "\n(number under a point: the closest order at that epoch)",
                  fontsize=9)
     ax.legend(fontsize=7, ncol=2, loc="upper right")

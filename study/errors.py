@@ -55,22 +55,22 @@ class ErrorsResult:
     metrics: dict[str, float] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
     braces: pd.DataFrame | None = None
-    dynamics: pd.DataFrame | None = None  # study.dynamics: per (epoch, order) JS divergence
-    epoch_metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # step = epoch
+    dynamics: pd.DataFrame | None = None  # study.dynamics: per (update, order) JS divergence
+    update_metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # step = update
 
 
-def epoch_models(folder: Path, cfg, vocab_size: int, device="cpu"):
-    """(epoch, model) for each epoch_NNN.pt that train.keep_checkpoints=all wrote into
-    `folder`, in epoch order, loaded one at a time."""
+def snapshot_models(folder: Path, cfg, vocab_size: int, device="cpu"):
+    """(update, epoch, model) for each update_N.pt that train.keep_checkpoints=all wrote
+    into `folder`, in training order, loaded one at a time."""
     from study.model import CharLM
     from study.train import load_checkpoint
 
-    for path in sorted(Path(folder).glob("epoch_*.pt")):
-        ck = load_checkpoint(path, ("model", "epoch"), name=path.name,
+    for path in sorted(Path(folder).glob("update_*.pt")):
+        ck = load_checkpoint(path, ("model", "epoch", "update"), name=path.name,
                              fix="retrain the run with train.keep_checkpoints=all")
         model = CharLM(vocab_size, cfg.model)
         model.load_state_dict(ck["model"])
-        yield int(ck["epoch"]), model.to(device)
+        yield int(ck["update"]), float(ck["epoch"]), model.to(device)
 
 
 def thresholds(p) -> breakdown.Thresholds:
@@ -127,10 +127,10 @@ def brace_figure(df: pd.DataFrame, order: int, title: str, path: Path) -> None:
 
 
 def analyse(model, corpus, cfg, out: Path, title: str, device="cpu",
-            progress: bool = True, epochs=None) -> ErrorsResult:
+            progress: bool = True, snapshots=None) -> ErrorsResult:
     """Both analyses of `model` on the test split of `corpus` (cfg: the run's Config),
-    and with `epochs` (an iterable of (epoch, model): the kept checkpoints) the training
-    dynamics (study.dynamics); files written into `out`; returns the metrics to log
+    and with `snapshots` (an iterable of (update, epoch, model): the kept checkpoints) the
+    training dynamics (study.dynamics); files written into `out`; returns the metrics to log
     (names errors/...)."""
     t0 = time.perf_counter()
     p = cfg.probes
@@ -175,19 +175,20 @@ def analyse(model, corpus, cfg, out: Path, title: str, device="cpu",
             res.metrics[f"errors/brace_frac_model_better_{name}"] = float(
                 (part.frac_model_better * part.braces).sum() / n) if n else math.nan
         res.metrics["errors/braces"] = int(df.braces.sum())
-    if epochs is not None:
+    if snapshots is not None:
         from study import dynamics
 
-        df = dynamics.dynamics(epochs, corpus, cfg, Path(cfg.tracking.results_dir) / "cache",
+        df = dynamics.dynamics(snapshots, corpus, cfg, Path(cfg.tracking.results_dir) / "cache",
                                progress)
         if len(df):
-            res.dynamics, res.epoch_metrics = df, dynamics.metrics(df)
+            res.dynamics, res.update_metrics = df, dynamics.metrics(df)
             df.to_csv(out / "dynamics.csv", index=False)
             dynamics.figure(df, f"{title}: predictions against n-grams during training",
                             out / "dynamics.png")
             near = dynamics.closest(df)
-            print("errors: training dynamics, the closest n-gram order by epoch: " + ", ".join(
-                f"{r.epoch}: {r.closest_order}" for r in near.itertuples()), file=sys.stderr)
+            print("errors: training dynamics, the closest n-gram order after each snapshot's "
+                  "updates: " + ", ".join(f"{r.update}: {r.closest_order}"
+                                          for r in near.itertuples()), file=sys.stderr)
     res.metrics["errors/seconds"] = time.perf_counter() - t0
     if True:  # the result in one line, as the probes print theirs
         print(f"errors: {totals['errors']:,} of {totals['scored_chars']:,} test chars are errors "
@@ -202,8 +203,8 @@ def analyse(model, corpus, cfg, out: Path, title: str, device="cpu",
 def log_errors(run, res: ErrorsResult, out: Path) -> None:
     run.log_artifacts(out, "errors")
     run.log_metrics({k: v for k, v in res.metrics.items() if v == v})
-    for epoch, m in sorted(res.epoch_metrics.items()):
-        run.log_metrics(m, step=epoch)
+    for update, m in sorted(res.update_metrics.items()):
+        run.log_metrics(m, step=update)
 
 
 FAILED_PREFIX = "errors analysis failed"
@@ -238,14 +239,15 @@ def analyse_run(run_id: str, overrides: list[str], tracking_uri: str | None,
     run = tracking.open_run(uri, run_id)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "errors"
-        kept = tracking.Reader(uri).download(run_id, "checkpoint/epochs", Path(tmp) / "ck")
-        if kept is None or not any(Path(kept).glob("epoch_*.pt")):
+        kept = tracking.Reader(uri).download(run_id, "checkpoint/snapshots", Path(tmp) / "ck")
+        if kept is None or not any(Path(kept).glob("update_*.pt")):
             kept = None
-            print("  no per-epoch checkpoints (train.keep_checkpoints: all): no training "
-                  "dynamics", file=sys.stderr)
+            print("  no kept snapshots (train.keep_checkpoints: all): no training dynamics",
+                  file=sys.stderr)
         try:
             res = analyse(model, corpus, cfg, out, title, progress=progress,
-                          epochs=epoch_models(kept, cfg, corpus.vocab_size) if kept else None)
+                          snapshots=snapshot_models(kept, cfg, corpus.vocab_size)
+                          if kept else None)
         except Exception as e:  # noqa: BLE001 (the run and the exit code say so)
             import traceback
 

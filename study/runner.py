@@ -150,8 +150,9 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
         failed_probes.update(probes.failed if probes is not None else {})
         if log_checkpoint and (ckpt_dir / "best.pt").is_file():
             run.log_artifact(ckpt_dir / "best.pt", "checkpoint")
-            if cfg.train.keep_checkpoints == "all" and (ckpt_dir / training.EPOCHS_DIR).is_dir():
-                run.log_artifacts(ckpt_dir / training.EPOCHS_DIR, "checkpoint/epochs")
+            snaps = ckpt_dir / training.SNAPSHOTS_DIR
+            if cfg.train.keep_checkpoints == "all" and snaps.is_dir():
+                run.log_artifacts(snaps, "checkpoint/snapshots")
             run.log_model(res.model, corpus.vocab_size,
                           f"{title}: the best epoch's weights ({res.best_epoch}), val "
                           f"{res.best_val:.4f} nats/char")
@@ -263,14 +264,14 @@ def _final_errors(run, res: training.Result, cfg: Config, corpus: Corpus, title:
     returned as {"errors": reason} (the run then ends FAILED, as for a probe)."""
     from study import errors
 
-    kept = ckpt_dir / training.EPOCHS_DIR
-    epochs = errors.epoch_models(kept, cfg, corpus.vocab_size, res.device) \
+    kept = ckpt_dir / training.SNAPSHOTS_DIR
+    snapshots = errors.snapshot_models(kept, cfg, corpus.vocab_size, res.device) \
         if cfg.train.keep_checkpoints == "all" and kept.is_dir() else None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "errors"
         try:
             result = errors.analyse(res.model, corpus, cfg, out, title, res.device, progress,
-                                    epochs)
+                                    snapshots)
         except Exception as e:  # noqa: BLE001 (the run ends FAILED with the reason)
             print("probes: the errors analysis failed:", file=sys.stderr)
             traceback.print_exc()

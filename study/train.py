@@ -214,14 +214,25 @@ def set_rng_states(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-EPOCHS_DIR = "epochs"  # train.keep_checkpoints=all: <ckpt_dir>/epochs/epoch_NNN.pt
+SNAPSHOTS_DIR = "snapshots"  # train.keep_checkpoints=all: <ckpt_dir>/snapshots/update_N.pt
 
 
-def save_epoch(ckpt_dir: Path, epoch: int, model, cfg: Config, corpus: data.Corpus) -> Path:
-    """The weights after `epoch` (0: at initialisation), loadable as a best.pt is."""
-    path = Path(ckpt_dir) / EPOCHS_DIR / f"epoch_{epoch:03d}.pt"
+def snapshot_updates(updates_per_epoch: int, epochs: int) -> list[int]:
+    """When train.keep_checkpoints=all keeps the weights, in updates done: at
+    initialisation, after updates 1, 2, 4, 8, ... of the first epoch (where a model learns
+    fastest) and after every epoch."""
+    early = [2 ** k for k in range(max(0, updates_per_epoch - 1).bit_length())
+             if 2 ** k < updates_per_epoch]
+    return [0, *early, *(e * updates_per_epoch for e in range(1, epochs + 1))]
+
+
+def save_snapshot(ckpt_dir: Path, update: int, epoch: float, model, cfg: Config,
+                  corpus: data.Corpus) -> Path:
+    """The weights after `update` updates (`epoch` epochs, fractional), loadable as a
+    best.pt is."""
+    path = Path(ckpt_dir) / SNAPSHOTS_DIR / f"update_{update:08d}.pt"
     save_checkpoint(path, model=model.state_dict(), config=to_dict(cfg), vocab=corpus.vocab,
-                    epoch=epoch)
+                    epoch=float(epoch), update=update)
     return path
 
 
@@ -268,8 +279,13 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
 
     t0 = time.perf_counter() - sum(h["epoch_seconds"] for h in res.history)
     stop_reason = ""
-    if t.keep_checkpoints == "all" and ckpt_dir is not None and start_epoch == 1:
-        save_epoch(ckpt_dir, 0, model, cfg, corpus)  # the initial weights
+    snapshot = None  # train.keep_checkpoints=all: snapshot(updates done) saves the weights
+    if t.keep_checkpoints == "all" and ckpt_dir is not None:
+        def snapshot(update: int) -> None:
+            save_snapshot(ckpt_dir, update, update / len(schedule), model, cfg, corpus)
+
+        if start_epoch == 1:
+            snapshot(0)  # the initial weights
 
     for epoch in range(start_epoch, t.epochs + 1):
         if bad_epochs >= (t.patience or math.inf):
@@ -283,8 +299,9 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
                    desc=f"{cfg.model.cell}/{corpus.name} epoch {epoch}/{t.epochs}",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         try:
-            losses, norms, clipped, initial_loss = _updates(model, opt, x, y, schedule, cfg,
-                                                            epoch, initial_loss, bar)
+            losses, norms, clipped, initial_loss = _updates(
+                model, opt, x, y, schedule, cfg, epoch, initial_loss, bar,
+                snapshot if epoch == 1 else None)
         except Diverged as e:
             stop_reason = str(e)
             break
@@ -311,8 +328,8 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
                             epoch=epoch, history=res.history, best_val=res.best_val,
                             best_epoch=res.best_epoch, initial_loss=initial_loss,
                             bad=bad_epochs)
-        if t.keep_checkpoints == "all" and ckpt_dir is not None:
-            save_epoch(ckpt_dir, epoch, model, cfg, corpus)
+        if snapshot is not None:
+            snapshot(epoch * len(schedule))
         if on_epoch is not None:
             on_epoch(EpochReport(epoch, {k: v for k, v in row.items() if k != "epoch"},
                                  model, device, first=epoch == start_epoch))
@@ -361,10 +378,12 @@ def _restore(last: Path, model: CharLM, opt, res: Result) -> tuple[int, float, i
     return ck["epoch"] + 1, ck["initial_loss"], ck["bad"]
 
 
-def _updates(model, opt, x, y, schedule, cfg: Config, epoch: int, initial_loss, bar):
+def _updates(model, opt, x, y, schedule, cfg: Config, epoch: int, initial_loss, bar,
+             snapshot=None):
     """One epoch's updates; (their losses, their pre-clip gradient norms, whether each was
     clipped, the run's initial loss). Raises Diverged on a non-finite loss or one above
-    divergence_factor × the initial."""
+    divergence_factor × the initial. snapshot(u), if given, is called after updates
+    u = 1, 2, 4, ... that end before the epoch does."""
     t = cfg.train
     state, losses, norms, clipped = None, [], [], []
     for w in schedule:
@@ -380,6 +399,9 @@ def _updates(model, opt, x, y, schedule, cfg: Config, epoch: int, initial_loss, 
         norms.append(norm)
         clipped.append(was_clipped)
         bar.update((w.end - w.new) * t.batch_size)
+        u = len(losses)
+        if snapshot is not None and u & (u - 1) == 0 and u < len(schedule):
+            snapshot(u)
         if len(losses) % 10 == 0:
             bar.set_postfix_str(f"train {np.mean(losses[-10:]):.3f} nats/char")
     return losses, norms, clipped, initial_loss

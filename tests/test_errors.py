@@ -23,6 +23,7 @@ from study.data import load_corpus
 from study.dynamics import js_divergence, model_distributions
 from study.longrange import per_char_nats
 from study.model import CharLM
+from study.train import snapshot_updates
 from tests.conftest import SMOKE
 
 
@@ -131,13 +132,18 @@ def test_keep_all_checkpoints_gives_training_dynamics(tmp_path):
     assert run.main([SMOKE, "--no-progress", *sum((["--set", o] for o in overrides), [])]) == 0
     client = _client(tmp_path)
     (r,) = _train_runs(client)
-    kept = sorted(a.path for a in client.list_artifacts(r.info.run_id, "checkpoint/epochs"))
-    assert kept == [f"checkpoint/epochs/epoch_{e:03d}.pt" for e in range(3)]  # 0: the init
+    per_epoch = int(r.data.metrics["train/updates"])
+    steps = snapshot_updates(per_epoch, 2)
+    assert steps[:3] == [0, 1, 2] and steps[-2:] == [per_epoch, 2 * per_epoch]
+    kept = sorted(a.path for a in client.list_artifacts(r.info.run_id,
+                                                        "checkpoint/snapshots"))
+    assert kept == [f"checkpoint/snapshots/update_{u:08d}.pt" for u in steps]
     js = client.get_metric_history(r.info.run_id, "errors/dynamics_js_order_01")
-    assert sorted(m.step for m in js) == [0, 1, 2]
+    assert sorted(m.step for m in js) == steps
     assert all(0 <= m.value <= math.log(2) for m in js)
     csv = pd.read_csv(client.download_artifacts(r.info.run_id, "errors/dynamics.csv"))
-    assert len(csv) == 3 * cfg.probes.errors_ngram_order
+    assert len(csv) == len(steps) * cfg.probes.errors_ngram_order
+    assert csv.epoch.max() == 2 and csv.epoch.min() == 0
     assert "errors/dynamics.png" in {a.path for a in client.list_artifacts(r.info.run_id,
                                                                           "errors")}
 
