@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_DATA)/warpeace_input.txt),)
 export STUDY_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: ablation smoke karpathy test test-all lint bench ui clean-results
+.PHONY: ablation smoke karpathy ngram test test-all lint bench ui clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ smoke: $(STAMP)  ## every stage on tiny text, in seconds
 
 karpathy: $(STAMP)  ## Karpathy15's Table 1 setup (for a GPU)
 	$(BIN)/python -m study.run configs/karpathy2015.yaml $(ARGS)
+
+ngram: $(STAMP)  ## Karpathy15's n-gram baselines (orders 1..20) on both corpora, logged beside the ablation
+	$(BIN)/python -m study.ngram configs/ablation.yaml $(ARGS)
 
 test: $(STAMP)  ## the fast test suite (what CI runs)
 	$(BIN)/python -m pytest $(ARGS)

@@ -216,13 +216,13 @@ def analyse_run(run_id: str, overrides: list[str], tracking_uri: str | None,
     from study import config as config_mod
     from study import tracking
     from study.data import DataError, load_corpus
-    from study.inspect import _load_run_or_say_why
+    from study.logged import load_run_or_say_why
 
     for item in overrides:
         if not item.startswith(("probes.errors", "ngram.")):
             raise SystemExit(f"error: --set {item}: only probes.errors* and ngram.* settings "
                              "can change here")
-    loaded = _load_run_or_say_why(run_id, tracking_uri)
+    loaded = load_run_or_say_why(run_id, tracking_uri)
     if loaded is None:
         return 2
     model, cfg, _, uri, run_id = loaded
