@@ -107,13 +107,13 @@ def figure(df: pd.DataFrame, title: str, path: Path) -> None:
     doubling snapshots spread out), one line per n-gram order."""
     from study.probes.figures import plt
 
-    fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.6, 4.0), dpi=120)
     orders = sorted(df.order.unique())
     cmap = plt.get_cmap("viridis")
     for j, k in enumerate(orders):
         d = df[df.order == k].sort_values("update")
         ax.plot(d["update"], d.js_nats, "o-", ms=3, lw=1.2,
-                color=cmap(j / max(1, len(orders) - 1)), label=f"{k}-gram")
+                color=cmap(0.9 * j / max(1, len(orders) - 1)), label=f"order {k}")
     near = closest(df)
     for r in near.itertuples():
         ax.annotate(f"{r.closest_order}", (r.update, r.js_nats), textcoords="offset points",
@@ -128,10 +128,11 @@ def figure(df: pd.DataFrame, title: str, path: Path) -> None:
         if r.epoch >= 1:
             ax.axvline(r.update, color="#bbbbbb", lw=0.8, zorder=0)
             ax.annotate(f"epoch {int(r.epoch)}", (r.update, math.log(2)), fontsize=6,
-                        rotation=90, va="top", ha="right", color="#777777")
-    ax.set_title(title + "\n(number under a point: the closest order at that epoch)",
+                        rotation=90, va="top", ha="right", color="#555555")
+    ax.set_title(title + "\n(number under a point: the order closest at that snapshot)",
                  fontsize=9)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="n-gram",
+              title_fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
