@@ -10,6 +10,8 @@ import pandas as pd
 
 from analyses import saturation
 from analyses.common import Section
+from analyses.error_claims import CHECKS as ERROR_CHECKS
+from analyses.error_claims import behind_errors
 from analyses.error_flow import decay_rate
 from analyses.runs import Runs
 from analyses.seeds import ALPHA, MARGIN, UNIT, losses_by_seed, lower, mean_sd, rules, width
@@ -254,6 +256,7 @@ CHECKS = {
     "too_short_bptt_hurts": c_too_short_bptt,
     "clipping_prevents_divergence": c_clip_prevents_divergence,
     "lr_most_important": c_lr,
+    **ERROR_CHECKS,  # lstm_beats_20gram, lstm_gain_long_range (Karpathy15's error analysis)
 }
 
 
@@ -272,6 +275,8 @@ def _train_rows(runs, run_ids) -> pd.DataFrame:
 def behind(claim_id: str, runs, df: pd.DataFrame) -> pd.DataFrame:
     """The runs (rows of runs.train, or runs.studies for the sweep claims) a claim's check
     draws its verdict from."""
+    if claim_id in ERROR_CHECKS:
+        return behind_errors(claim_id, runs)
     if claim_id in ("bptt_50_costs_little", "clipping_needed", "lr_most_important"):
         return pd.DataFrame([s for s, _ in trials(runs)])
     if claim_id in ("too_short_bptt_hurts", "clipping_prevents_divergence"):
