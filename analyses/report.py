@@ -34,6 +34,7 @@ from analyses import (
     claims,
     common,
     curves,
+    dynamics,
     error_analysis,
     error_flow,
     longlag,
@@ -48,8 +49,8 @@ from analyses.common import Section
 from analyses.runs import Runs
 from study.formats import cell_text, is_numeric, markdown_table
 
-SECTIONS = [table1, variants, curves, saturation, units, error_flow, error_analysis, sweeps,
-            truncation, longlag, claims]
+SECTIONS = [table1, variants, curves, saturation, units, error_flow, error_analysis, dynamics,
+            sweeps, truncation, longlag, claims]
 
 
 def build_all(runs: Runs, out: Path) -> tuple[list[Section], dict[str, str]]:

@@ -146,6 +146,18 @@ def test_keep_all_checkpoints_gives_training_dynamics(tmp_path):
     assert csv.epoch.max() == 2 and csv.epoch.min() == 0
     assert "errors/dynamics.png" in {a.path for a in client.list_artifacts(r.info.run_id,
                                                                           "errors")}
+    # the report's section reads it back: the closest order at the first and last snapshot
+    from analyses import dynamics
+    from analyses.runs import Runs
+
+    (tmp_path / "report").mkdir()
+    sec = dynamics.build(Runs.load(f"sqlite:///{tmp_path}/mlflow.db"), tmp_path / "report")
+    assert sec.missing is None and sec.figures[0].png.is_file()
+    table = sec.tables["dynamics"]
+    near = csv.loc[csv.groupby("update").js_nats.idxmin()].sort_values("update")
+    assert table["closest n-gram order"].iloc[0] == near.order.iloc[0]
+    assert table["closest n-gram order"].iloc[-1] == near.order.iloc[-1]
+    assert table.updates.iloc[-1] == 2 * per_epoch
 
 
 def test_ngram_command_logs_each_corpus_once(tmp_path, capsys):
