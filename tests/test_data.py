@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from study import config, data
 from study.config import DataConfig, ModelConfig
@@ -302,3 +304,18 @@ def test_k1_lt_k2_backpropagates_exactly_k2_steps(cell):
     reach = inp.grad.abs().sum((1, 2))
     assert (reach[w.start:w.end] > 0).all()
     assert (reach[:w.start] == 0).all() and (reach[w.end:] == 0).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.text(min_size=1, max_size=300))
+def test_decode_inverts_encode_on_any_text(text):
+    """decode (one numpy gather) gives back any text exactly, from a tensor of either id
+    dtype, an array or a list; out-of-range ids are refused."""
+    from study.data import _encode, decode
+
+    vocab, ids = _encode(text)
+    assert decode(vocab, ids) == text
+    assert decode(vocab, ids.to(torch.int32).numpy()) == text
+    assert decode(vocab, ids.tolist()) == text
+    with pytest.raises(IndexError):
+        decode(vocab, [len(vocab)])
