@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from study import config as config_mod
@@ -239,3 +241,34 @@ def test_js_divergence_and_model_distributions():
     nats = per_char_nats(model, ids, 1, 500, "cpu")  # one stream: the same reading
     got = -np.log(dist[np.arange(1, 120), ids[1:].numpy()])
     np.testing.assert_allclose(got, nats[1:], rtol=1e-9)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", " ", "\t", "\r\n", "\n", "é", "中", "😀", "{", "}",
+                                 "\"", "'", ",", "int x;", "Pierre ", "x" * 90]),
+                min_size=30, max_size=120).map("".join))
+def test_the_analysis_works_on_any_text(text):
+    """The breakdown and the braces on any UTF-8 text a user points data.path at: CRLF,
+    tabs, non-ASCII, long lines, tiny files. The categories partition the errors and
+    every number logged is finite where it is defined."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "text.txt"
+        path.write_bytes(text.encode("utf-8"))
+        cfg = config_mod.load(SMOKE, [f"data.path={path}", f"tracking.results_dir={tmp}",
+                                      "ablation.datasets=[]",
+                                      "train.batch_size=1", "train.eval_seq_len=16",
+                                      "ngram.max_order=5", "probes.errors_ngram_order=3"])
+        corpus = load_corpus(cfg.data, Path(tmp) / "cache")
+        torch.manual_seed(0)
+        model = CharLM(corpus.vocab_size, cfg.model)
+        res = errors.analyse(model, corpus, cfg, Path(tmp) / "out", "any text",
+                             progress=False)
+        m = res.metrics
+        assert m["errors/scored_chars"] == len(corpus.splits["test"]) - 1  # all but ids[0]
+        if m["errors/errors"]:
+            assert math.isclose(sum(m[f"errors/frac_{c}"] for c in CATEGORIES), 1.0,
+                                abs_tol=1e-9)
+        assert res.summary.errors.sum() == m["errors/errors"]
+        assert (Path(tmp) / "out" / "errors.html").read_text(encoding="utf-8")

@@ -23,7 +23,8 @@ never seen in training still get probability).
   D3+ = 3 − 4Y n4/n3 (`kn`: D = Y for all three). A discount that is undefined (a zero
   count-of-counts in a denominator, in tiny texts) is j/2 (`kn`: 1/2); each is then
   clipped to [0.1, j] (`kn`: [0.1, 1]) so that a seen context always leaves some mass to
-  the lower order (every probability stays > 0).
+  the lower order (every probability stays > 0). Nothing is tuned on the validation
+  split: the discounts come from the training counts alone.
 * The interpolation, level by level, with P_0(w) = 1/V:
 
       P_k(w | h) = [max(c(hw) − D(c(hw)), 0) + γ(h) · P*_{k−1}(w | h')] / C(h)
