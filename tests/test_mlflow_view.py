@@ -18,7 +18,7 @@ from study.model import CharLM
 from study.tracking import metric_key, plain_key, tracking_uri
 from study.train import BEST_KEYS, evaluate, load_checkpoint
 
-SECTIONS = {"loss", "train", "time", "saturation", "units", "errflow", "system"}
+SECTIONS = {"loss", "train", "time", "saturation", "units", "errflow", "errors", "system"}
 
 
 def runs_of(smoke: Path):
@@ -142,3 +142,30 @@ def test_a_store_from_before_the_sections_still_reads(tmp_path):
     reader = Reader(uri)
     assert [v for _, v, _ in reader.history(run.info.run_id, "val_nats_per_char")] == [2.0, 1.5]
     assert reader.run(run.info.run_id).metrics == {"val_nats_per_char": 1.5}
+
+
+def test_a_dataset_logged_by_two_runs_at_once_is_linked_not_lost():
+    """Two workers that log the same new corpus at once race to insert it; the loser's
+    store refuses the duplicate key. log_dataset then links the existing dataset instead
+    of failing the run; any other error still propagates."""
+    import mlflow
+
+    from study.tracking.store import RunTracker
+
+    class Racing:
+        def __init__(self, error):
+            self.calls, self.error = 0, error
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.calls == 1:
+                raise mlflow.exceptions.MlflowException(self.error)
+
+    lost = Racing('(psycopg.errors.UniqueViolation) duplicate key value violates unique '
+                  'constraint "dataset_pk"')
+    RunTracker(lost, "r").log_dataset("warpeace", "ab" * 32, "/x", {"chars": 1})
+    assert lost.calls == 2
+    other = Racing("permission denied")
+    with pytest.raises(mlflow.exceptions.MlflowException, match="permission denied"):
+        RunTracker(other, "r").log_dataset("warpeace", "ab" * 32, "/x", {"chars": 1})
+    assert other.calls == 1

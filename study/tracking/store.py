@@ -205,8 +205,20 @@ class RunTracker:
 
         ds = Dataset(name=name, digest=sha256[:36], source_type="local", source=json.dumps(
             {"uri": source}), profile=json.dumps({"sha256": sha256, **profile}))
-        self._client.log_inputs(self.run_id, datasets=[DatasetInput(
-            ds, tags=[InputTag("mlflow.data.context", context)])])
+        for attempt in range(5):
+            try:
+                self._client.log_inputs(self.run_id, datasets=[DatasetInput(
+                    ds, tags=[InputTag("mlflow.data.context", context)])])
+                return
+            except mlflow.exceptions.MlflowException as e:
+                # Two runs that log the same new dataset at once both insert it; the store's
+                # unique key refuses the second ("dataset_pk" on PostgreSQL, "UNIQUE
+                # constraint failed: datasets" on SQLite). The dataset exists now, so the
+                # same call again only links it to this run.
+                text = str(e)
+                if attempt == 4 or not ("dataset_pk" in text or "datasets." in text):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def log_model(self, model, vocab_size: int, description: str) -> str:
         """The trained model as an MLflow model of this run, PyTorch flavour: `mlflow.pytorch
