@@ -213,25 +213,16 @@ FAILED_PREFIX = "errors analysis failed"
 def analyse_run(run_id: str, overrides: list[str], tracking_uri: str | None,
                 progress: bool = True) -> int:
     """Analyse one logged run and log the result to it; the exit code."""
-    from study import config as config_mod
     from study import tracking
-    from study.data import DataError, load_corpus
-    from study.logged import load_run_or_say_why
+    from study.logged import load_with_overrides
 
-    for item in overrides:
-        if not item.startswith(("probes.errors", "ngram.")):
-            raise SystemExit(f"error: --set {item}: only probes.errors* and ngram.* settings "
-                             "can change here")
-    loaded = load_run_or_say_why(run_id, tracking_uri)
+    loaded = load_with_overrides(run_id, overrides, ("probes.errors", "ngram."), tracking_uri)
     if loaded is None:
         return 2
-    model, cfg, _, uri, run_id = loaded
+    model, cfg, corpus, uri, run_id = loaded
     try:
-        tree = config_mod.apply_overrides(config_mod.to_dict(cfg), overrides)
-        cfg = config_mod.from_dict(tree, f"run {run_id}")
         thresholds(cfg.probes)
-        corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")
-    except (config_mod.ConfigError, DataError, ValueError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     title = f"{cfg.model.cell} on {corpus.name}"

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from study import config as config_mod
 from study import tracking
 from study.data import DataError, load_corpus, read_text
-from study.logged import RunError, load_run  # noqa: F401 (re-exported)
+from study.logged import RunError, load_run, load_with_overrides  # noqa: F401 (re-exported)
 from study.logged import load_run_or_say_why as _load_run_or_say_why
 from study.model import CharLM
 from study.probes import read, run_probes, trace_html, unit_scores, write_traces
@@ -53,21 +52,11 @@ def parse_unit(spec: str, model: CharLM) -> tuple[int, int, str]:
 
 def reprobe(run_ids: list[str], overrides: list[str], tracking_uri: str | None) -> int:
     """Run the probes of each run again on its best checkpoint and log them to it."""
-    for item in overrides:
-        if not item.startswith("probes."):
-            raise SystemExit(f"error: --set {item}: only probes.* settings can change here")
     for run_id in run_ids:
-        loaded = _load_run_or_say_why(run_id, tracking_uri)
+        loaded = load_with_overrides(run_id, overrides, ("probes.",), tracking_uri)
         if loaded is None:
             return 2
-        model, cfg, _, uri, run_id = loaded
-        try:
-            tree = config_mod.apply_overrides(config_mod.to_dict(cfg), overrides)
-            cfg = config_mod.from_dict(tree, f"run {run_id}")
-            corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")
-        except (config_mod.ConfigError, DataError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        model, cfg, corpus, uri, run_id = loaded
         print(f"probing run {run_id} ({cfg.model.cell} on {cfg.data.corpus})", file=sys.stderr)
         run = tracking.open_run(uri, run_id)
         result = _probe(run, model, corpus, cfg)

@@ -56,3 +56,31 @@ def load_run_or_say_why(run_id: str, tracking_uri: str | None):
     except (RunError, tracking.StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return None
+
+
+def load_with_overrides(run_id: str, overrides: list[str], allowed: tuple[str, ...],
+                        tracking_uri: str | None):
+    """(model, config with `overrides` applied, corpus, uri, run id) of a logged run, to
+    analyse it again; overrides must start with one of `allowed` (else SystemExit with
+    the rule). None after printing one error line when the run, its checkpoint, an
+    override or its corpus cannot be used (nothing is written)."""
+    from pathlib import Path
+
+    from study.data import DataError, load_corpus
+
+    for item in overrides:
+        if not item.startswith(allowed):
+            raise SystemExit(f"error: --set {item}: only {', '.join(a + '*' for a in allowed)}"
+                             " settings can change here")
+    loaded = load_run_or_say_why(run_id, tracking_uri)
+    if loaded is None:
+        return None
+    model, cfg, _, uri, run_id = loaded
+    try:
+        tree = config_mod.apply_overrides(config_mod.to_dict(cfg), overrides)
+        cfg = config_mod.from_dict(tree, f"run {run_id}")
+        corpus = load_corpus(cfg.data, Path(cfg.tracking.results_dir) / "cache")
+    except (config_mod.ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    return model, cfg, corpus, uri, run_id
