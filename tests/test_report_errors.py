@@ -282,3 +282,26 @@ def test_without_inputs_the_section_says_what_to_run(tmp_path):
     sec = error_analysis.build(StandIn([train_run("a", "linux", 1.0)]), tmp_path)
     assert sec.missing and "python -m study.ngram" in sec.missing
     assert "python -m study.errors" in sec.missing and not sec.figures
+
+
+def test_the_breakdown_sets_small_and_large_models_side_by_side(tmp_path):
+    """A variant trained at two sizes gets a bar and a row per size, each the mean over
+    its own seeds."""
+    def with_errors(rec, rate, ngram_share):
+        fracs = {f"errors/frac_{c}": (1 - ngram_share) / (len(CATEGORIES) - 1)
+                 for c in CATEGORIES}
+        fracs["errors/frac_ngram"] = ngram_share
+        rec.metrics.update({"errors/error_rate": rate, **fracs})
+        return rec
+
+    records = [with_errors(train_run("s0", "warpeace", 1.4, hidden=64), 0.6, 0.40),
+               with_errors(train_run("s1", "warpeace", 1.4, hidden=64, seed=1), 0.6, 0.30),
+               with_errors(train_run("l0", "warpeace", 1.2, hidden=256), 0.5, 0.20)]
+    sec = common.Section("errors")
+    common.style()
+    error_analysis.breakdown_part(StandIn(records), sec, tmp_path)
+    t = sec.tables["error_breakdown"].set_index("size").loc[["2×64", "2×256"]]
+    assert list(t["n seeds"]) == [2, 1]
+    assert list(t[f"{LABELS['ngram']} % of errors"]) == pytest.approx([35.0, 20.0])
+    assert list(t["error rate % of test chars"]) == pytest.approx([60.0, 50.0])
+    assert sec.figures[0].png.is_file()
