@@ -84,11 +84,11 @@ def thresholds(p) -> breakdown.Thresholds:
 
 
 def brace_table(text: str, p_model: np.ndarray, p_ngram: np.ndarray,
-                bins=BRACE_BINS) -> pd.DataFrame:
+                bins=BRACE_BINS, matches: longrange.Matches | None = None) -> pd.DataFrame:
     """Per distance bin [lo, hi) of the closing braces of `text` whose model probability is
     finite: their number, the mean probability each model gives them, and the fraction
-    where the model's is higher."""
-    m = longrange.closing_braces(text)
+    where the model's is higher (matches: closing_braces(text), when already found)."""
+    m = matches if matches is not None else longrange.closing_braces(text)
     pm, pn = p_model[m.pos], p_ngram[m.pos]
     ok = np.isfinite(pm) & np.isfinite(pn)
     rows = []
@@ -140,7 +140,8 @@ def analyse(model, corpus, cfg, out: Path, title: str, device="cpu",
     nats = longrange.per_char_nats(model, test, cfg.train.batch_size, cfg.train.eval_seq_len,
                                    device)
     p_model = np.exp(-nats)  # NaN where nothing predicts the character
-    n_braces = len(longrange.closing_braces(text).pos) if "}" in text else 0
+    braces = longrange.closing_braces(text)
+    n_braces = len(braces.pos)
     top = cfg.ngram.max_order
     orders = list(range(1, max(p.errors_ngram_order, top if n_braces >= MIN_BRACES else 0) + 1))
     ng = test_log_probs(corpus, orders, cfg.ngram.smoothing,
@@ -165,7 +166,7 @@ def analyse(model, corpus, cfg, out: Path, title: str, device="cpu",
         breakdown_html(text, bd, p_model, f"{title}: errors on the test split"),
         encoding="utf-8")
     if n_braces >= MIN_BRACES:
-        df = brace_table(text, p_model, np.exp(ng.row(top)))
+        df = brace_table(text, p_model, np.exp(ng.row(top)), matches=braces)
         res.braces = df
         df.to_csv(out / "braces.csv", index=False)
         brace_figure(df, top, f"{title}: closing braces on the test split", out / "braces.png")
@@ -190,13 +191,13 @@ def analyse(model, corpus, cfg, out: Path, title: str, device="cpu",
                   "updates: " + ", ".join(f"{r.update}: {r.closest_order}"
                                           for r in near.itertuples()), file=sys.stderr)
     res.metrics["errors/seconds"] = time.perf_counter() - t0
-    if True:  # the result in one line, as the probes print theirs
-        print(f"errors: {totals['errors']:,} of {totals['scored_chars']:,} test chars are errors "
-              f"(p < {th.p_error:g}): " + ", ".join(
-                  f"{r.category} {r.frac_of_errors:.0%}" for r in summary.itertuples())
-              + (f"; {res.metrics['errors/braces']} closing braces scored"
-                 if res.braces is not None else "")
-              + f" ({res.metrics['errors/seconds']:.1f} s)", file=sys.stderr)
+    # the result in one line, as the probes print theirs
+    print(f"errors: {totals['errors']:,} of {totals['scored_chars']:,} test chars are errors "
+          f"(p < {th.p_error:g}): " + ", ".join(
+              f"{r.category} {r.frac_of_errors:.0%}" for r in summary.itertuples())
+          + (f"; {res.metrics['errors/braces']} closing braces scored"
+             if res.braces is not None else "")
+          + f" ({res.metrics['errors/seconds']:.1f} s)", file=sys.stderr)
     return res
 
 
