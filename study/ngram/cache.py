@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import sys
 import time
 import tracemalloc
@@ -97,13 +96,31 @@ def _read(path: Path, checksum: str, n_test: int):
     return None
 
 
-def _write(path: Path, checksum: str, lp: np.ndarray, loss: float, info: FitInfo) -> None:
+def _save(path: Path, **arrays) -> None:
+    """One .npz, written whole or not at all."""
     buf = io.BytesIO()
-    np.savez(buf, format=FORMAT, checksum=checksum, log_probs=lp.astype(np.float32),
-             nats=loss, max_order=info.max_order, train_chars=info.train_chars,
-             fit_seconds=info.fit_seconds, score_seconds=info.score_seconds,
-             peak_mib=info.peak_mib, order_seconds=np.asarray(info.order_seconds))
+    np.savez(buf, **arrays)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def _write(path: Path, checksum: str, lp: np.ndarray, loss: float, info: FitInfo) -> None:
+    _save(path, format=FORMAT, checksum=checksum, log_probs=lp.astype(np.float32), nats=loss,
+          max_order=info.max_order, train_chars=info.train_chars,
+          fit_seconds=info.fit_seconds, score_seconds=info.score_seconds,
+          peak_mib=info.peak_mib, order_seconds=np.asarray(info.order_seconds))
+
+
+def _fill(orders: list[int], found: dict, lookup, fit, folder: Path | None) -> None:
+    """lookup() puts what the cache has into `found`; fit(missing) computes (and caches)
+    the rest, under the folder's lock and after a second lookup: another process may have
+    fitted the same corpus while this one waited."""
+    lookup()
+    if len(found) < len(orders):
+        with file_lock(folder / ".lock" if folder is not None else None):
+            lookup()
+            missing = [k for k in orders if k not in found]
+            if missing:
+                fit(missing)
 
 
 def fit_and_score(corpus, max_order: int, smoothing: str, progress: bool = True):
@@ -164,30 +181,23 @@ def test_log_probs(corpus, orders: Iterable[int], smoothing: str = "mkn",
                 if hit is not None:
                     found[k] = hit
 
-    lookup()
     fitted = set()
-    if len(found) < len(orders):
-        with file_lock(folder / ".lock" if folder is not None else None):
-            lookup()  # another process may have fitted it while this one waited
-            missing = [k for k in orders if k not in found]
-            if missing:
-                lp, info = fit_and_score(corpus, max(missing), smoothing, progress)
-                for k in range(1, max(missing) + 1):
-                    loss = nats(lp[k - 1])
-                    if folder is not None:
-                        _write(folder / f"order_{k:02d}.npz", checksum, lp[k - 1], loss, info)
-                    if k in orders and (k not in found or force):
-                        found[k] = (lp[k - 1].astype(np.float32).astype(np.float64), loss,
-                                    info)
-                        fitted.add(k)
+
+    def fit(missing):
+        lp, info = fit_and_score(corpus, max(missing), smoothing, progress)
+        for k in range(1, max(missing) + 1):
+            loss = nats(lp[k - 1])
+            if folder is not None:
+                _write(folder / f"order_{k:02d}.npz", checksum, lp[k - 1], loss, info)
+            if k in orders and (k not in found or force):
+                found[k] = (lp[k - 1].astype(np.float32).astype(np.float64), loss, info)
+                fitted.add(k)
+
+    _fill(orders, found, lookup, fit, folder)
     lp = np.stack([found[k][0] for k in orders]) if n_test else np.zeros((len(orders), 0))
     return NGramResult(orders, smoothing, checksum, lp,
                        [found[k][1] for k in orders], {k: found[k][2] for k in orders},
                        [k not in fitted for k in orders])
-
-
-def bits(nats_per_char: float) -> float:
-    return nats_per_char / math.log(2)
 
 
 def stretch_distributions(corpus, orders: Iterable[int], chars: int, smoothing: str = "mkn",
@@ -216,24 +226,19 @@ def stretch_distributions(corpus, orders: Iterable[int], chars: int, smoothing: 
                     print(f"warning: n-gram cache {path(k)} cannot be read ({e}); refitting",
                           file=sys.stderr)
 
-    lookup()
-    if len(out) < len(orders):
-        with file_lock(folder / ".lock" if folder is not None else None):
-            lookup()
-            missing = [k for k in orders if k not in out]
-            if missing:
-                t0 = time.perf_counter()
-                model = KneserNey.fit(corpus.splits["train"].numpy(), corpus.vocab_size,
-                                      max(missing), smoothing)
-                for k in missing:
-                    p = model.distributions(ids, k).astype(np.float32)
-                    if path is not None:
-                        buf = io.BytesIO()
-                        np.savez(buf, p=p)
-                        atomic_write(path(k), lambda f, b=buf: f.write(b.getvalue()))
-                    out[k] = p.astype(np.float64)
-                if progress:
-                    print(f"  n-grams of {corpus.name}: orders 1..{max(missing)} fitted and "
-                          f"their predictions on {len(ids):,} val chars computed in "
-                          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    def fit(missing):
+        t0 = time.perf_counter()
+        model = KneserNey.fit(corpus.splits["train"].numpy(), corpus.vocab_size, max(missing),
+                              smoothing)
+        for k in missing:
+            p = model.distributions(ids, k).astype(np.float32)
+            if path is not None:
+                _save(path(k), p=p)
+            out[k] = p.astype(np.float64)
+        if progress:
+            print(f"  n-grams of {corpus.name}: orders 1..{max(missing)} fitted and their "
+                  f"predictions on {len(ids):,} val chars computed in "
+                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+    _fill(orders, out, lookup, fit, folder)
     return out

@@ -168,7 +168,7 @@ class KneserNey:
         self = cls(V, max_order, smoothing, len(x))
         t0 = time.perf_counter()
         n_ctx, prev_rank = 1, None  # the empty context; ranks of the (k−1)-grams
-        pending = None  # (keys, counts, ctx, n_ctx) of order k − 1, awaiting continuations
+        pending = None  # (ctx, n_ctx) of order k − 1, awaiting its continuation counts
         for k in range(1, max_order + 1):
             if k > len(x):  # no k-gram fits: an empty table (every context unseen)
                 keys = np.zeros(0, np.int64)
@@ -183,15 +183,15 @@ class KneserNey:
                 rank = rank.reshape(-1)
             ctx = keys // V if k > 1 else np.zeros(len(keys), np.int64)
             if pending is not None:  # continuation counts of order k − 1 from the k-grams
-                p_keys, p_counts, p_ctx, p_nctx = pending
+                p_ctx, p_nctx = pending
                 # the (k−1)-gram that a k-gram type ends with: its suffix, at the same
                 # position (rank of order k − 1 at the k-gram's first occurrence)
                 suffix = prev_rank[first + 1] if len(first) else np.zeros(0, np.int64)
-                cont = np.bincount(suffix, minlength=len(p_keys)).astype(np.int64)
+                cont = np.bincount(suffix, minlength=len(p_ctx)).astype(np.int64)
                 self.orders[-1].cont = _Level.build(cont, p_ctx, p_nctx, smoothing)
             self.orders.append(_Order(keys, _Level.build(counts.astype(np.int64), ctx,
                                                           n_ctx, smoothing)))
-            pending = (keys, counts, ctx, n_ctx)
+            pending = (ctx, n_ctx)
             n_ctx, prev_rank = len(keys), rank
             self.fit_seconds.append(time.perf_counter() - t0)
             if progress is not None:
