@@ -235,13 +235,22 @@ def digest(tree: dict, drop: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Keys added after runs were stored: left out of a run's identity while they hold their
+# default, so that a config that does not use them keeps the identity it had before they
+# existed (and its stored runs are still found finished).
+ADDED_LATER = ("data.lag", "data.seed", "train.momentum", "train.precision")
+
+
 def run_hash(cfg: Config) -> str:
     """Identity of one training run: everything that changes its result (data, model,
     training), nothing that only says where it is logged or how fast it runs."""
     d = to_dict(cfg)
+    defaults = flatten(to_dict(Config()))
+    flat = flatten(d)
+    unset = tuple(k for k in ADDED_LATER if flat[k] == defaults[k])
     return digest({k: d[k] for k in ("data", "model", "train")},
                   drop=("train.threads", "train.device", "model.engine",
-                        "train.keep_checkpoints"))
+                        "train.keep_checkpoints", "train.cuda_graphs") + unset)
 
 
 def describe(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:

@@ -64,6 +64,7 @@ def check_cross_field(cfg, source: str, build, assign) -> None:
                 raise ConfigError(f"{source}: model.truncated_gradient is true but cell "
                                   f"{name!r} has no truncated gradient; cells with one: "
                                   f"{', '.join(ok)}")
+    _check_path(cfg, source)
     if cfg.data.path is None:
         from study.tasks import MIN_LAG, TASKS
 
@@ -157,3 +158,27 @@ def _check_sweep(cfg, source: str) -> None:
         if s.grid_lr and s.lr_min is not None and not all(
                 s.lr_min <= v <= s.lr_max for v in s.grid_lr):
             raise ConfigError(f"{source}: sweep.grid_lr values must lie in lr_min..lr_max")
+
+
+def _check_path(cfg, source: str) -> None:
+    """model.engine, train.precision and the device agree with every variant; what depends
+    on this machine (CUDA present, Triton installed) is checked before the runs start
+    (study.run.check_device)."""
+    from study.engine.cells import get_cell_class
+    from study.engine.paths import PathError, choose
+
+    t = cfg.train
+    if t.precision == "bf16" and t.device == "cpu":
+        raise ConfigError(f"{source}: train.precision = 'bf16' is for CUDA (bfloat16 "
+                          "autocast); on the CPU use 'fp32'")
+    if cfg.model.engine not in ("cudnn", "fused"):
+        return  # the other engines' limits depend on the machine
+    device = "cuda" if t.device == "cuda" else "cpu"
+    for name in cfg.ablation.variants or [cfg.model.cell]:
+        try:
+            choose(get_cell_class(name), cfg.model.engine, device, clip=t.clip,
+                   truncated_gradient=cfg.model.truncated_gradient, cuda_graphs=t.cuda_graphs,
+                   triton=(False, "not asked"), fused=True)
+        except PathError as e:
+            raise ConfigError(f"{source}: {e}" + (f" (variant {name!r})" if
+                                                  cfg.ablation.variants else "")) from None

@@ -54,9 +54,11 @@ class ModelConfig:
     forget_bias: float = opt(0.0, "initial forget-gate bias (Jozefowicz15 suggest 1)")
     truncated_gradient: bool = opt(
         False, "Hochreiter97's truncated gradient (cells that support it: lstm1997)")
-    engine: str = opt("auto", "the step's elementwise code: fused C kernels when they build "
-                      "(auto), required (fused), or plain torch (torch)",
-                      choices=("auto", "fused", "torch"))
+    engine: str = opt("auto", "the code that trains the layers (study.engine.paths): auto "
+                      "picks cuDNN for lstm and gru on CUDA, else the Triton kernels there, "
+                      "and the fused C kernels on the CPU; or one of fused (C, CPU), triton "
+                      "(GPU), cudnn (lstm and gru only) and torch (each cell's torch step)",
+                      choices=("auto", "fused", "torch", "triton", "cudnn"))
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,12 @@ class TrainConfig:
         "read)", choices=("best", "all"))
     seed: int = opt(0, "seed for torch, numpy and random", lo=0)
     device: str = opt("auto", "auto picks CUDA when present", choices=("auto", "cpu", "cuda"))
+    precision: str = opt("fp32", "fp32 (on CUDA with TF32 matmuls), or bf16: the forward "
+                         "under bfloat16 autocast, the loss, weights and optimizer state in "
+                         "fp32 (CUDA only)", choices=("fp32", "bf16"))
+    cuda_graphs: str = opt("auto", "on CUDA, replay the engine's T-step loops as CUDA graphs "
+                           "(auto), or launch every step from Python (off)",
+                           choices=("auto", "off"))
     threads: int | None = opt(None, "torch intra-op threads (default: torch's choice)", lo=1)
     flush_denormal: bool = opt(True, "flush denormal floats to zero (x86 FTZ/DAZ): values "
                                "below 1.2e-38 become 0 instead of slowing arithmetic ~100x")

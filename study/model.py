@@ -19,9 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from study.config import ModelConfig
+from study.engine import paths
 from study.engine.cells import Cell, get_cell_class
 from study.engine.fused import kernel_for
-from study.engine.scan import scan
+from study.engine.scan import recording_state_grads, scan
 
 State = list[tuple[Tensor, Tensor | None]]  # per layer: (s (B, Hr), c (B, H) or None)
 
@@ -32,6 +33,9 @@ class RecurrentLayer(nn.Module):
         super().__init__()
         self.cell, self.onehot, self.engine = cell, onehot, engine
         self._kernels: dict = {}
+        self._paths: dict = {}  # device type -> TrainingPath, when none was set
+        self.path: paths.TrainingPath | None = None  # set by study.train.build_model
+        self._graphs: dict = {}  # CUDA graphs of the scan loops (study.engine.graphs)
         GH = cell.G * cell.H
         self.W = nn.Parameter(torch.empty(input_size, GH))
         self.R = nn.Parameter(torch.empty(cell.state_size, GH))
@@ -48,27 +52,143 @@ class RecurrentLayer(nn.Module):
         """Pickled (a logged MLflow model) without the loaded kernels: they are handles
         into this process's shared library, rebuilt on first use after loading."""
         state = self.__dict__.copy()
-        state["_kernels"] = {}
+        state["_kernels"], state["_graphs"] = {}, {}
         return state
 
+    def __setstate__(self, state):
+        state.setdefault("_paths", {})  # pickled before training paths existed
+        state.setdefault("path", None)
+        state.setdefault("_graphs", {})
+        self.__dict__.update(state)
+
+    def training_path(self, device: torch.device) -> paths.TrainingPath:
+        """How this layer trains on `device`: the path the run set (study.train), else the
+        one `model.engine` picks there (study.engine.paths)."""
+        if self.path is not None:
+            return self.path
+        if device.type not in self._paths:
+            path = paths.choose(type(self.cell), self.engine, device.type,
+                                truncated_gradient=self.cell.truncated_gradient)
+            paths.say_why(type(self.cell), path)
+            self._paths[device.type] = path
+        return self._paths[device.type]
+
     def kernel(self, dtype: torch.dtype, device: torch.device):
-        """The fused C step for this dtype and device, or None for the torch code."""
-        key = (dtype, device.type, self.engine)
+        """The engine's step code for this dtype and device: a fused C or Triton kernel
+        object, or None for the cell's torch step. A layer that trains through cuDNN runs
+        the fastest engine there is when the probes ask for its internals."""
+        kind = self.training_path(device).kind
+        key = (dtype, device.type, kind)
         if key not in self._kernels:
-            self._kernels[key] = kernel_for(self.cell, dtype, device, self.engine)
+            self._kernels[key] = _engine_kernel(self.cell, kind, dtype, device)
         return self._kernels[key]
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor | None], keep: bool = False):
         """x: (T, B) ids when one-hot, else (T, B, in). Returns (S, C) or (S, C, K); see
-        study.engine.scan.scan."""
+        study.engine.scan.scan. Always the engine (the probes read this)."""
+        device = self.W.device
+        dtype = _compute_dtype(self.W)
+        path = self.training_path(device)
         return scan(self.cell, x, self.W, self.b, self.recurrent_weights(), state[0],
                     state[1], tuple(self.extra.values()), onehot=self.onehot, keep=keep,
-                    kernel=self.kernel(self.W.dtype, self.W.device))
+                    kernel=self.kernel(dtype, device),
+                    graphs=self._graphs if path.graphs and not keep else None)
+
+    def sequence(self, x: Tensor, state: tuple[Tensor, Tensor | None],
+                 carry_at: int | None = None):
+        """Run the layer over x on its training path: (outputs (T, B, H), the final state,
+        and the state after `carry_at` steps or None)."""
+        path = self.training_path(self.W.device)
+        if path.kind == "cudnn" and not recording_state_grads():
+            return self._sequence_cudnn(x, state, carry_at)
+        S, C = self(x, state)
+        has_c = self.cell.has_cell_state
+        final = (S[-1], C[-1] if has_c else None)
+        carry = None if carry_at is None else (S[carry_at], C[carry_at] if has_c else None)
+        return S[1:, :, :self.cell.H], final, carry
+
+    def torch_weights(self) -> list[Tensor]:
+        """This layer's parameters in nn.LSTM's / nn.GRU's layout and block order:
+        [weight_ih (G·H, in), weight_hh (G·H, H), bias_ih, bias_hh]. Differentiable: the
+        gradients flow back to W, R, b (and GRU's b_Rn)."""
+        cell, H = self.cell, self.cell.H
+        order = [cell.blocks.index(n) for n in cell.torch_blocks]
+
+        def theirs(t):  # (..., G·H) in our block order -> (G·H, ...) in theirs
+            blocks = t.unflatten(-1, (cell.G, H))
+            return blocks[..., order, :].flatten(-2).transpose(0, -1) if t.dim() > 1 \
+                else blocks[order].flatten()
+
+        w_ih, w_hh, b_ih = theirs(self.W), theirs(self.R), theirs(self.b)
+        if cell.split_recurrent:  # GRU: b_Rn stays inside r ⊙ (R_n h' + b_Rn)
+            b_hh = torch.cat([self.b.new_zeros(2 * H), self.extra["b_Rn"]])
+        else:
+            b_hh = self.b.new_zeros(cell.G * H)
+        return [w_ih, w_hh, b_ih, b_hh]
+
+    def _sequence_cudnn(self, x, state, carry_at):
+        if self.onehot:  # nn.LSTM multiplies by W_ih: the one-hot rows select W's rows
+            x = torch.nn.functional.one_hot(x, self.W.shape[0]).to(self.W.dtype)
+        weights = self.torch_weights()
+        lstm = self.cell.has_cell_state
+        s, c = state
+        pieces, out = [], []
+        if carry_at is not None and 0 < carry_at < x.shape[0]:
+            pieces = [x[:carry_at], x[carry_at:]]
+        else:
+            pieces = [x]
+        carry = None
+        if carry_at == 0:
+            carry = (s, c)
+        for k, piece in enumerate(pieces):
+            if lstm:
+                y, s, c = torch._VF.lstm(piece, (s[None], c[None]), weights, True, 1, 0.0,
+                                         self.training, False, False)
+                s, c = s[0], c[0]
+            else:
+                y, s = torch._VF.gru(piece, s[None], weights, True, 1, 0.0, self.training,
+                                     False, False)
+                s = s[0]
+            out.append(y)
+            if k == 0 and carry_at is not None and carry_at > 0:
+                carry = (s, c)
+        y = out[0] if len(out) == 1 else torch.cat(out)
+        return y, (s, c), carry
 
     def zero_state(self, batch_size: int) -> tuple[Tensor, Tensor | None]:
         s = self.W.new_zeros(batch_size, self.cell.state_size)
         c = self.W.new_zeros(batch_size, self.cell.H) if self.cell.has_cell_state else None
         return s, c
+
+
+def _compute_dtype(W: Tensor) -> torch.dtype:
+    """The dtype the engine computes in: W's, or autocast's (train.precision: bf16)."""
+    kind = W.device.type
+    if W.dtype == torch.float32 and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return W.dtype
+
+
+def _engine_kernel(cell: Cell, kind: str, dtype: torch.dtype, device: torch.device):
+    """The step object of path `kind` ("cudnn": the engine that runs the probes)."""
+    if kind == "torch":
+        return None
+    if kind == "cudnn":  # the probes' inference: the fastest engine there is
+        if device.type != "cuda":
+            return kernel_for(cell, dtype, device, "auto")
+        from study.engine import triton_step
+
+        if not triton_step.available(device)[0]:
+            return None
+        kind = "triton"
+    if kind == "triton":
+        from study.engine import triton_step
+
+        try:
+            return triton_step.triton_kernel_for(cell, dtype, device)
+        except ValueError:  # a dtype the kernels do not cover: the torch step
+            return None
+    return kernel_for(cell, dtype, device, "auto" if kind == "fused" else kind)
 
 
 @dataclass
@@ -129,12 +249,11 @@ class CharLM(nn.Module):
         inp = x if self.embedding is None else self.embedding(x)
         final, carry = [], []
         for layer, st in zip(self.layers, state, strict=True):
-            S, C = layer(inp, st)
-            has_c = layer.cell.has_cell_state
-            final.append((S[-1], C[-1] if has_c else None))
+            out, fin, car = layer.sequence(inp, st, carry_at)
+            final.append(fin)
             if carry_at is not None:
-                carry.append((S[carry_at].detach(), C[carry_at].detach() if has_c else None))
-            inp = self.dropout(S[1:, :, :layer.cell.H])  # (T, B, H)
+                carry.append((car[0].detach(), None if car[1] is None else car[1].detach()))
+            inp = self.dropout(out)  # (T, B, H)
         logits = self.decoder(inp)
         return logits, final, (carry if carry_at is not None else None)
 

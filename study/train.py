@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from study import data, files
 from study.config import Config, to_dict
+from study.engine.paths import PathError, choose, say_why
 from study.engine.scan import clip_preactivations, single_backward
 from study.formats import bits
 from study.model import CharLM, detach_state
@@ -65,6 +66,8 @@ class Result:
     num_params: int = 0
     model: CharLM | None = None  # the best-validation model, for callers that go on
     device: torch.device | None = None
+    trained_with: str = ""  # the training path (study.engine.paths), e.g. "cuDNN (...)"
+    precision: str = ""  # what the arithmetic was, e.g. "fp32 (TF32 matmuls)"
 
 
 @dataclass
@@ -142,7 +145,9 @@ def train_step(model, opt, x, y, state, w: data.Window, cfg: Config):
     xs = x[w.start:w.end]
     preact = clip_preactivations(t.clip_value) if t.clip == "preact" else nullcontext()
     # back-propagated once, below: the engine may reuse buffers
-    with single_backward(), preact as clamp:
+    low = t.precision == "bf16"
+    with single_backward(), preact as clamp, torch.autocast(xs.device.type, torch.bfloat16,
+                                                            enabled=low):
         logits, _, carry = model(xs, state, carry_at=w.carry - w.start)
     new = logits[w.new - w.start:]  # (k1, B, V)
     loss = F.cross_entropy(new.reshape(-1, new.shape[-1]), y[w.new:w.end].reshape(-1))
@@ -271,7 +276,9 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
     t = cfg.train
     device, model, opt, x, y, schedule = _setup(cfg, corpus)
     chars_per_epoch = sum(w.end - w.new for w in schedule) * t.batch_size
-    res = Result("running", num_params=model.num_params())
+    used = path_params(cfg, model, device)
+    res = Result("running", num_params=model.num_params(), trained_with=used["trained_with"],
+                 precision=used["precision_used"])
     start_epoch, initial_loss, bad_epochs = 1, None, 0
     last, best = (ckpt_dir / "last.pt", ckpt_dir / "best.pt") if ckpt_dir else (None, None)
     if resume and last is not None and last.is_file():
@@ -357,13 +364,46 @@ def _setup(cfg: Config, corpus: data.Corpus):
         torch.set_num_threads(t.threads)
     torch.set_flush_denormal(t.flush_denormal)
     seed_everything(t.seed)
-    model = CharLM(corpus.vocab_size, cfg.model).to(device)
+    model = build_model(cfg, corpus.vocab_size, device)
     opt = make_optimizer(model, cfg)
     k2, k1 = t.seq_len, t.k1 or t.seq_len
     x, y = (g.to(device) for g in data.streams(corpus.splits["train"], t.batch_size, "train"))
     schedule = data.windows(x.shape[0], k1, k2)
     data.check_epoch_size(len(schedule))
     return device, model, opt, x, y, schedule
+
+
+def build_model(cfg: Config, vocab_size: int, device: torch.device) -> CharLM:
+    """The run's model on `device`, set up to train the way the run will: its training path
+    (study.engine.paths: cuDNN, Triton, C kernels or the torch step; CUDA graphs) and, on
+    CUDA, TF32 matmuls for fp32. Raises PathError when the config's engine cannot train
+    here."""
+    t = cfg.train
+    if t.precision == "bf16" and device.type != "cuda":
+        raise PathError(f"train.precision = 'bf16' is for CUDA; this run's device is "
+                        f"{device.type} (use 'fp32')")
+    model = CharLM(vocab_size, cfg.model).to(device)
+    path = choose(type(model.cell), cfg.model.engine, device.type, clip=t.clip,
+                  truncated_gradient=cfg.model.truncated_gradient, cuda_graphs=t.cuda_graphs)
+    say_why(type(model.cell), path)
+    for layer in model.layers:
+        layer.path = path
+    if device.type == "cuda" and t.precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return model
+
+
+def path_params(cfg: Config, model: CharLM, device: torch.device) -> dict[str, str]:
+    """What trained a run, for its params: `trained_with` (the training path, e.g. "cuDNN
+    (nn.LSTM/nn.GRU kernels; probes on the engine)" or "engine (fused C kernels)") and
+    `precision_used` (e.g. "fp32 (TF32 matmuls)")."""
+    if cfg.train.precision == "bf16":
+        precision = "bf16 autocast (loss, weights and optimizer state fp32)"
+    else:
+        precision = "fp32 (TF32 matmuls)" if device.type == "cuda" else "fp32"
+    return {"trained_with": model.layers[0].training_path(device).label(),
+            "precision_used": precision}
 
 
 def _restore(last: Path, model: CharLM, opt, res: Result) -> tuple[int, float, int]:

@@ -24,6 +24,7 @@ from study.engine.cells import (
     main,
     register,
 )
+from study.engine.paths import PathError
 from study.model import RecurrentLayer
 from tests.test_cells import H, I, engine_outputs, grads, inputs, make_layer
 
@@ -223,7 +224,8 @@ def test_own_equations_run_on_the_torch_step_said_once(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == ["engine: Leaky has its own equations and no fused kernel; it runs on "
                    "the torch step"]
-    with pytest.raises(RuntimeError, match="engine 'fused' requested but Leaky has its own"):
+    with pytest.raises(PathError, match="model.engine = 'fused': Leaky has its own equations "
+                       "and no kernel; use 'auto' or 'torch'"):
         RecurrentLayer(Leaky(H), I, engine="fused").kernel(torch.float32, CPU)
     text = listing_of(Leaky)
     assert text[0].startswith("leaky: Leaky (rnn family). A leaky RNN")

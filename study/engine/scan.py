@@ -65,6 +65,12 @@ def single_backward():
         _LOCAL.single = before
 
 
+def recording_state_grads() -> bool:
+    """Whether a `record_state_grads()` block is open (the error-flow probe): the layers
+    then run the engine, whose backward records per step."""
+    return getattr(_LOCAL, "recorder", None) is not None
+
+
 class StateGradRecorder:
     """Per scan call (layers in forward order), the norms of the total gradients the
     backward pass carries: h[layer][t] = ‖dL/dh_t‖ and c[layer][t] = ‖dL/dc_t‖, one value
@@ -120,6 +126,12 @@ class PreactClip:
         """Add n components clamped elsewhere (the C kernels count their own)."""
         self._counted += n
 
+    def count_tensor(self, n: Tensor) -> None:
+        """Add a count the GPU kernels left in a one-element tensor on their device, without
+        a sync (read when `clamped` is)."""
+        n = n.reshape(()).to(torch.int64)
+        self._pending = n if self._pending is None else self._pending.add_(n)
+
     @property
     def clamped(self) -> int:
         if self._pending is not None:
@@ -157,19 +169,41 @@ def _takes_clip(step) -> bool:
 
 def scan(cell: Cell, x: Tensor, W: Tensor, b: Tensor, R: Tensor, s0: Tensor,
          c0: Tensor | None, P: tuple[Tensor, ...] = (), *, onehot: bool = False,
-         keep: bool = False, kernel=None):
+         keep: bool = False, kernel=None, graphs: dict | None = None):
     """Run `cell` over x. Returns (S, C), or (S, C, K) with keep=True, K (T, B, saved)
     being what the cell kept per step (gate activations, for the probes). `kernel`, from
-    study.engine.fused.kernel_for, runs the cell's elementwise step in C."""
+    study.engine.fused.kernel_for (C) or study.engine.triton_step (GPU), runs the cell's
+    elementwise step. `graphs`, a dict the caller keeps per layer, lets a training step
+    under single_backward() replay the loops as CUDA graphs (study.engine.graphs).
+
+    Under autocast (train.precision: bf16) the scan runs in autocast's dtype: its inputs
+    are cast on the way in and their gradients back to fp32 on the way out."""
     if c0 is None:
         c0 = W.new_empty(0)
+    kind = W.device.type
+    if torch.is_autocast_enabled(kind) and W.dtype == torch.float32:
+        low = torch.get_autocast_dtype(kind)
+        with torch.autocast(kind, enabled=False):
+            return scan(cell, x if onehot or not x.is_floating_point() else x.to(low),
+                        W.to(low), b.to(low), R.to(low), s0.to(low), c0.to(low),
+                        tuple(p.to(low) for p in P), onehot=onehot, keep=keep, kernel=kernel,
+                        graphs=graphs)
     step = kernel or cell
     tensors = (x, W, b, R, s0, c0, *P)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        S, C, K = _Scan.apply(cell, step, onehot, keep, *tensors)
+        graphs = graphs if _graphs_allowed(keep) else None
+        S, C, K = _Scan.apply(cell, step, onehot, keep, graphs, *tensors)
     else:
         S, C, K = _forward(cell, step, onehot, x, W, b, R, s0, c0, P, keep_all=keep)
     return (S, C, K) if keep else (S, C)
+
+
+def _graphs_allowed(keep: bool) -> bool:
+    """Replaying captured loops is safe only in a training step back-propagated once, with
+    nothing recording per-step values (see study.engine.graphs)."""
+    clip = getattr(_LOCAL, "clip", None)
+    return (getattr(_LOCAL, "single", False) and not keep and not recording_state_grads()
+            and (clip is None or not clip.active))
 
 
 def _project(onehot: bool, x: Tensor, W: Tensor, b: Tensor, out: Tensor) -> Tensor:
@@ -212,12 +246,17 @@ def _forward(cell, step, onehot, x, W, b, R, s0, c0, P, keep_all):
 
 class _Scan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell, step, onehot, keep, x, W, b, R, s0, c0, *P):
+    def forward(ctx, cell, step, onehot, keep, graphs, x, W, b, R, s0, c0, *P):
         # dA may reuse K's memory when the step writes its gradient through scratch and
         # nobody else holds K
-        ctx.reuse_k = getattr(_LOCAL, "single", False) and not keep \
+        # (not with graphs: capturing the backward runs it, which would overwrite K)
+        ctx.reuse_k = getattr(_LOCAL, "single", False) and not keep and graphs is None \
             and getattr(step, "inplace_grad", False) and not cell.split_recurrent
-        S, C, K = _forward(cell, step, onehot, x, W, b, R, s0, c0, P, keep_all=True)
+        ctx.graphs = graphs
+        if graphs is not None:
+            S, C, K = _graphed_forward(graphs, cell, step, onehot, x, W, b, R, s0, c0, P)
+        else:
+            S, C, K = _forward(cell, step, onehot, x, W, b, R, s0, c0, P, keep_all=True)
         ctx.cell, ctx.step, ctx.onehot = cell, step, onehot
         ctx.done = False
         ctx.recorder = getattr(_LOCAL, "recorder", None)
@@ -248,54 +287,106 @@ class _Scan(torch.autograd.Function):
         x, W, R, S, C, K, *P = ctx.saved_tensors
         T, B, _ = K.shape
         GH = cell.G * cell.H
-        dA = K if ctx.reuse_k else K.new_empty(T, B, GH)
-        dHA = K.new_empty(T, B, GH) if cell.split_recurrent else dA
-        Rt = R.t()
-        Ss, Ks, dAs, dHAs = S.unbind(0), K.unbind(0), dA.unbind(0), dHA.unbind(0)
-        has_c = cell.has_cell_state
-        Cs = C.unbind(0) if has_c else (None,) * (T + 1)
-        dSs = dS.unbind(0) if dS is not None else None
-        dCs = dC.unbind(0) if (has_c and dC is not None) else None
-        ds_next = S.new_zeros(S.shape[1:])
-        dc_next = C.new_zeros(C.shape[1:]) if has_c else None
-        for t in range(T - 1, -1, -1):
-            ds = ds_next if dSs is None else ds_next.add_(dSs[t + 1])
-            dc = dc_next if dCs is None else (dc_next.add_(dCs[t + 1]) if has_c else None)
-            dc_total = None
-            if ctx.recorder is not None:
-                ctx.recorder.h[ctx.slot][t] = ds[:, :cell.H].norm(dim=1)
-                dc_total = torch.empty_like(dc) if has_c else None
-            if ctx.clip is None:
-                ds_direct, dc_next = step.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1],
-                                                   Cs[t + 1], P, dAs[t], dHAs[t], dc_total)
-            else:  # da_t (and dha_t) leave the step clipped to [−θ, θ]
-                ds_direct, dc_next = step.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1],
-                                                   Cs[t + 1], P, dAs[t], dHAs[t], dc_total,
-                                                   clip=ctx.clip)
-            if dc_total is not None:
-                ctx.recorder.c[ctx.slot][t] = dc_total.norm(dim=1)
-            if cell.truncated_gradient:  # Hochreiter97: no error back through R
-                ds_next = ds_direct if ds_direct is not None else torch.zeros_like(ds)
-            elif ds_direct is not None:
-                ds_next = torch.addmm(ds_direct, dHAs[t], Rt)
-            else:
-                ds_next = torch.mm(dHAs[t], Rt)
-        ds0 = ds_next if dSs is None else ds_next.add_(dSs[0])
-        dc0 = None
-        if has_c:
-            dc0 = dc_next if dCs is None else dc_next.add_(dCs[0])
-        need = ctx.needs_input_grad  # (cell, step, onehot, keep, x, W, b, R, s0, c0, *P)
+        if ctx.graphs is not None:
+            dA, dHA, ds0, dc0 = _graphed_backward(ctx.graphs, cell, step, ctx.reuse_k, dS, dC,
+                                                  R, S, C, K, P)
+        else:
+            dA, dHA, ds0, dc0 = _backward_loop(cell, step, ctx.reuse_k, dS, dC, R, S, C, K, P,
+                                               ctx.clip, ctx.recorder, ctx.slot)
+        need = ctx.needs_input_grad  # (cell, step, onehot, keep, graphs, x, W, b, R, s0, c0, *P)
+        if ctx.graphs is not None:  # the graph's own memory: not handed out
+            ds0 = ds0.clone() if need[9] else None
+            dc0 = dc0.clone() if dc0 is not None and need[10] else None
         Hr = S.shape[-1]
         dA2 = dA.view(T * B, GH)
-        dR = torch.mm(S[:-1].reshape(T * B, Hr).t(), dHA.view(T * B, GH)) if need[7] else None
+        dR = torch.mm(S[:-1].reshape(T * B, Hr).t(), dHA.view(T * B, GH)) if need[8] else None
         dP = cell.param_grads(dA, dHA, S, C, P)
-        db = dA2.sum(0) if need[6] else None
+        db = dA2.sum(0) if need[7] else None
         dx = dW = None
         if ctx.onehot:
-            if need[5]:
+            if need[6]:
                 dW = torch.zeros_like(W).index_add_(0, x.reshape(-1), dA2)
         else:
             x2 = x.reshape(T * B, -1)
-            dW = torch.mm(x2.t(), dA2) if need[5] else None
-            dx = torch.mm(dA2, W.t()).view(x.shape) if need[4] else None
-        return (None, None, None, None, dx, dW, db, dR, ds0, dc0, *dP)
+            dW = torch.mm(x2.t(), dA2) if need[6] else None
+            dx = torch.mm(dA2, W.t()).view(x.shape) if need[5] else None
+        return (None, None, None, None, None, dx, dW, db, dR, ds0, dc0, *dP)
+
+
+def _backward_loop(cell, step, reuse_k, dS, dC, R, S, C, K, P, clip=None, recorder=None,
+                   slot=None):
+    """The backward time loop: per step the cell's derivative and ds_{t−1} += da_t Rᵀ.
+    Returns (dA, dHA, ds0, dc0); dA (T, B, G·H) is K's memory when `reuse_k`."""
+    T, B, _ = K.shape
+    GH = cell.G * cell.H
+    dA = K if reuse_k else K.new_empty(T, B, GH)
+    dHA = K.new_empty(T, B, GH) if cell.split_recurrent else dA
+    Rt = R.t()
+    Ss, Ks, dAs, dHAs = S.unbind(0), K.unbind(0), dA.unbind(0), dHA.unbind(0)
+    has_c = cell.has_cell_state
+    Cs = C.unbind(0) if has_c else (None,) * (T + 1)
+    dSs = dS.unbind(0) if dS is not None else None
+    dCs = dC.unbind(0) if (has_c and dC is not None) else None
+    ds_next = S.new_zeros(S.shape[1:])
+    dc_next = C.new_zeros(C.shape[1:]) if has_c else None
+    for t in range(T - 1, -1, -1):
+        ds = ds_next if dSs is None else ds_next.add_(dSs[t + 1])
+        dc = dc_next if dCs is None else (dc_next.add_(dCs[t + 1]) if has_c else None)
+        dc_total = None
+        if recorder is not None:
+            recorder.h[slot][t] = ds[:, :cell.H].norm(dim=1)
+            dc_total = torch.empty_like(dc) if has_c else None
+        if clip is None:
+            ds_direct, dc_next = step.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1],
+                                               Cs[t + 1], P, dAs[t], dHAs[t], dc_total)
+        else:  # da_t (and dha_t) leave the step clipped to [−θ, θ]
+            ds_direct, dc_next = step.backward(ds, dc, Ks[t], Ss[t], Cs[t], Ss[t + 1],
+                                               Cs[t + 1], P, dAs[t], dHAs[t], dc_total,
+                                               clip=clip)
+        if dc_total is not None:
+            recorder.c[slot][t] = dc_total.norm(dim=1)
+        if cell.truncated_gradient:  # Hochreiter97: no error back through R
+            ds_next = ds_direct if ds_direct is not None else torch.zeros_like(ds)
+        elif ds_direct is not None:
+            ds_next = torch.addmm(ds_direct, dHAs[t], Rt)
+        else:
+            ds_next = torch.mm(dHAs[t], Rt)
+    ds0 = ds_next if dSs is None else ds_next.add_(dSs[0])
+    dc0 = None
+    if has_c:
+        dc0 = dc_next if dCs is None else dc_next.add_(dCs[0])
+    return dA, dHA, ds0, dc0
+
+
+def _graphed_forward(graphs: dict, cell, step, onehot, x, W, b, R, s0, c0, P):
+    """_forward replayed from a CUDA graph captured on the first call of this shape. The
+    parameters are used in place (the optimizer updates them in place); x and the initial
+    state are copied in. Returns fresh tensor objects over the graph's memory."""
+    from study.engine import graphs as cuda_graphs
+
+    inputs = (x, W, b, R, s0, c0, *P)
+    key = ("forward", onehot, cuda_graphs.shape_key(*inputs))
+    if key not in graphs:
+        def loop(x, W, b, R, s0, c0, *P):
+            return _forward(cell, step, onehot, x, W, b, R, s0, c0, tuple(P), keep_all=True)
+
+        keep = [False, True, True, False, False, False] + [True] * len(P)
+        graphs[key] = cuda_graphs.Graphed(loop, [t.detach() for t in inputs], keep=keep)
+    S, C, K = graphs[key](*(t.detach() for t in inputs))
+    return S.detach(), C.detach(), K.detach()
+
+
+def _graphed_backward(graphs: dict, cell, step, reuse_k, dS, dC, R, S, C, K, P):
+    """_backward_loop replayed from a CUDA graph; S, C, K are the forward graph's memory,
+    used in place."""
+    from study.engine import graphs as cuda_graphs
+
+    inputs = (dS, dC, R, S, C, K, *P)
+    key = ("backward", reuse_k, cuda_graphs.shape_key(*inputs))
+    if key not in graphs:
+        def loop(dS, dC, R, S, C, K, *P):
+            return _backward_loop(cell, step, reuse_k, dS, dC, R, S, C, K, tuple(P))
+
+        keep = [False, False, False, True, True, True] + [True] * len(P)
+        graphs[key] = cuda_graphs.Graphed(loop, list(inputs), keep=keep)
+    return graphs[key](*inputs)
