@@ -11,4 +11,9 @@
 - `fused`: the elementwise step in C (`_fused.c`, `_fused_body.h`), its description
   derived mechanically from the cell classes; a cell with its own equations has no kernel
   and runs on the torch step.
+- `triton_step`: the same steps as Triton kernels for the GPU, generated from the same
+  description (`fused.lstm_spec`); tested on the CPU under Triton's interpreter.
+- `graphs`: the T-step loops captured and replayed as CUDA graphs.
+- `paths`: which code trains a run (cuDNN, Triton, C kernels or the torch step), chosen
+  once from `model.engine`, the device and the training settings.
 """

@@ -4,8 +4,9 @@ The time loop and the matrix products stay in study/engine/scan.py and torch; wh
 does between two GEMMs — some twenty small tensor operations in its torch `step` — becomes
 one call into `_fused.c`, compiled once per machine with the system C compiler and loaded
 with ctypes (no torch headers, about a second to build). The tests hold the kernels equal
-to the torch code, which stays the reference and the fallback (other dtypes, CUDA, no
-compiler, `engine: torch`, or a cell with its own equations).
+to the torch code, which stays the reference and the fallback (other dtypes, no compiler,
+`engine: torch`, or a cell with its own equations). On CUDA the same description drives
+the Triton kernels of study/engine/triton_step.py (study/engine/paths.py chooses).
 
 This module owns the kernels' description of a cell, derived mechanically from its class:
 
