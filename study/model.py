@@ -127,38 +127,39 @@ class RecurrentLayer(nn.Module):
         return [w_ih, w_hh, b_ih, b_hh]
 
     def _sequence_cudnn(self, x, state, carry_at):
+        """`sequence` through PyTorch's own kernels; the state after `carry_at` steps comes
+        from running the window in two pieces (they return only their last state)."""
         if self.onehot:  # nn.LSTM multiplies by W_ih: the one-hot rows select W's rows
             x = torch.nn.functional.one_hot(x, self.W.shape[0]).to(self.W.dtype)
         weights = self.torch_weights()
         lstm = self.cell.has_cell_state
         s, c = state
-        pieces, out = [], []
-        if carry_at is not None and 0 < carry_at < x.shape[0]:
-            pieces = [x[:carry_at], x[carry_at:]]
-        else:
-            pieces = [x]
-        carry = None
-        if carry_at == 0:
-            carry = (s, c)
-        for k, piece in enumerate(pieces):
-            if lstm:
-                y, s, c = torch._VF.lstm(piece, (s[None], c[None]), weights, True, 1, 0.0,
-                                         self.training, False, False)
-                s, c = s[0], c[0]
-            else:
-                y, s = torch._VF.gru(piece, s[None], weights, True, 1, 0.0, self.training,
-                                     False, False)
-                s = s[0]
+        carry = (s, c) if carry_at == 0 else None
+        split = carry_at is not None and 0 < carry_at < x.shape[0]
+        out = []
+        for piece in ([x[:carry_at], x[carry_at:]] if split else [x]):
+            with warnings.catch_warnings():  # cuDNN compacts the rearranged weights itself
+                warnings.filterwarnings("ignore", message="RNN module weights are not part")
+                y, s, c = _torch_rnn(lstm, piece, s, c, weights, self.training)
             out.append(y)
-            if k == 0 and carry_at is not None and carry_at > 0:
+            if carry is None and carry_at:
                 carry = (s, c)
-        y = out[0] if len(out) == 1 else torch.cat(out)
-        return y, (s, c), carry
+        return (out[0] if len(out) == 1 else torch.cat(out)), (s, c), carry
 
     def zero_state(self, batch_size: int) -> tuple[Tensor, Tensor | None]:
         s = self.W.new_zeros(batch_size, self.cell.state_size)
         c = self.W.new_zeros(batch_size, self.cell.H) if self.cell.has_cell_state else None
         return s, c
+
+
+def _torch_rnn(lstm: bool, x, s, c, weights, training):
+    """One layer of PyTorch's own LSTM or GRU (cuDNN on CUDA) from (s, c): (y, s, c)."""
+    if lstm:
+        y, s, c = torch._VF.lstm(x, (s[None], c[None]), weights, True, 1, 0.0, training,
+                                 False, False)
+        return y, s[0], c[0]
+    y, s = torch._VF.gru(x, s[None], weights, True, 1, 0.0, training, False, False)
+    return y, s[0], None
 
 
 def _compute_dtype(W: Tensor) -> torch.dtype:
