@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from study.config import ModelConfig
+from study.config_schema import ModelConfig
 from study.engine import paths
 from study.engine.cells import Cell, get_cell_class
 from study.engine.fused import kernel_for

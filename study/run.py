@@ -122,7 +122,11 @@ def print_summary(rows: list[dict]) -> None:
         print(df.to_string(index=False))
 
 
-def print_plan(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus]) -> None:
+def print_plan(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus], *,
+               estimate: bool = True, workers: int = 1, seconds: float = 60.0,
+               progress: bool = True) -> None:
+    """The plan, one line per run; then (estimate) each run's time and the total, from a
+    short calibration on this machine (study.calibrate; its progress on stderr)."""
     from study.model import count_params
 
     print(describe(cfg, plan))
@@ -132,6 +136,18 @@ def print_plan(cfg: Config, plan: list[RunSpec], corpora: dict[str, Corpus]) -> 
         print(f"  {spec.name:36s} {spec.cfg.model.num_layers}x{spec.cfg.model.hidden_size:<5d} "
               f"{n:>10,} params  hash {spec.hash}  corpus {c.path} ({len(c.ids):,} chars, "
               f"{c.vocab_size} symbols)")
+    if not estimate:
+        return
+    if not plan:
+        print("no time estimate: the plan has no runs")
+        return
+    from study import calibrate
+
+    sys.stdout.flush()  # the plan first, then the calibration's progress
+    est = calibrate.estimate(plan, corpora, progress=progress, seconds=seconds,
+                             workers=workers)
+    print()
+    print("\n".join(est.lines()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="retrain runs whose configuration already finished")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config and corpora, print the plan, train nothing")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="--dry-run: skip the time estimate (and its calibration)")
+    p.add_argument("--calibrate-seconds", type=float, default=60.0, metavar="S",
+                   help="--dry-run: time the estimate's calibration may take before the "
+                        "shapes left are extrapolated by FLOPs (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--workers", type=int, metavar="N",
                    help="local worker processes taking runs (ablation) or trials (sweep: "
@@ -190,7 +211,9 @@ def _main(args) -> int:
             where_to_browse(cfg)
         return 0
     if args.dry_run:
-        print_plan(cfg, plan, corpora)
+        print_plan(cfg, plan, corpora, estimate=not args.no_estimate,
+                   workers=args.workers or 1, seconds=args.calibrate_seconds,
+                   progress=not args.no_progress)
         return 0
     try:
         rows = run_ablation(cfg, plan, corpora, resume=args.resume, force=args.force,
