@@ -76,6 +76,34 @@ def check_device(cfg: Config) -> None:
                           "'auto' (CUDA when present) or 'cpu'")
 
 
+def check_paths(plan: list[RunSpec]) -> None:
+    """Every run can train on this machine the way its config asks (model.engine,
+    train.precision; study.engine.paths), checked before any run exists."""
+    import torch
+
+    from study.engine.cells import get_cell_class
+    from study.engine.paths import PathError, choose
+
+    seen = set()
+    for spec in plan:
+        m, t = spec.cfg.model, spec.cfg.train
+        device = "cuda" if t.device == "cuda" or (t.device == "auto"
+                                                  and torch.cuda.is_available()) else "cpu"
+        key = (m.cell, m.engine, device, t.clip, m.truncated_gradient, t.cuda_graphs,
+               t.precision)
+        if key in seen:
+            continue
+        seen.add(key)
+        if t.precision == "bf16" and device != "cuda":
+            raise ConfigError(f"{spec.name}: train.precision = 'bf16' is for CUDA and this "
+                              "run would train on the CPU; use 'fp32'")
+        try:
+            choose(get_cell_class(m.cell), m.engine, device, clip=t.clip,
+                   truncated_gradient=m.truncated_gradient, cuda_graphs=t.cuda_graphs)
+        except PathError as e:
+            raise ConfigError(f"{spec.name} on {device}: {e}") from None
+
+
 def check_sizes(plan: list[RunSpec], corpora: dict[str, Corpus]) -> None:
     """Every split must fill the batch shape of every run (and the probes' error flow its
     window), checked before any run exists: a too-short test split would otherwise fail
@@ -190,6 +218,7 @@ def _main(args) -> int:
         check_device(cfg)
         corpora = load_corpora(cfg)
         plan = make_plan(cfg, corpora)
+        check_paths(plan)
         check_sizes(plan, corpora)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -322,3 +323,23 @@ def test_one_training_step_on_cuda_equals_the_cpu(cell):
     assert out["cuda"][0] == pytest.approx(out["cpu"][0], abs=1e-4)
     for a, b in zip(out["cpu"][1], out["cuda"][1], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_the_cli_refuses_a_path_this_machine_cannot_train_before_any_run(tmp_path, capsys,
+                                                                         monkeypatch):
+    """model.engine = triton on a CPU without the interpreter: exit 2, the reason and the
+    fix on one line, no store written."""
+    from study import run
+    from study.engine import triton_step
+
+    monkeypatch.setattr(triton_step, "available",
+                        lambda device: (False, "no CUDA device and TRITON_INTERPRET is not 1"))
+    results = tmp_path / "r"
+    smoke = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
+    rc = run.main([str(smoke), "--set", f"tracking.results_dir={results}",
+                   "--set", "model.engine=triton", "--set", "ablation.variants=[peephole]",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "error: peephole" in err and "on cpu: model.engine = 'triton': no CUDA device" in err
+    assert not results.exists() or not any(results.rglob("mlflow.db"))
