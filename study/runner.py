@@ -107,7 +107,8 @@ def run_one(cfg: Config, corpus: Corpus, store, labels: RunLabels, ckpt_dir: Pat
     def each_epoch(rep: training.EpochReport) -> None:
         if rep.first:
             run.set_tags(_run_tags(rep.model, rep.device))
-            run.log_params(training.path_params(cfg, rep.model, rep.device))
+            run.log_params({f"train.{k}": v for k, v in
+                            training.path_params(cfg, rep.model, rep.device).items()})
         metrics = dict(rep.metrics)
         if not _lr_varies(cfg):  # a constant is a param (train.lr), not a chart
             metrics.pop("lr", None)

@@ -395,9 +395,9 @@ def build_model(cfg: Config, vocab_size: int, device: torch.device) -> CharLM:
 
 
 def path_params(cfg: Config, model: CharLM, device: torch.device) -> dict[str, str]:
-    """What trained a run, for its params: `trained_with` (the training path, e.g. "cuDNN
-    (nn.LSTM/nn.GRU kernels; probes on the engine)" or "engine (fused C kernels)") and
-    `precision_used` (e.g. "fp32 (TF32 matmuls)")."""
+    """What trained a run, for its params (logged as train.*): `trained_with`, the
+    training path (e.g. "cuDNN (nn.LSTM/nn.GRU kernels; probes on the engine)" or "engine
+    (fused C kernels)"), and `precision_used` (e.g. "fp32 (TF32 matmuls)")."""
     if cfg.train.precision == "bf16":
         precision = "bf16 autocast (loss, weights and optimizer state fp32)"
     else:

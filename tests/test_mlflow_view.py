@@ -42,6 +42,9 @@ def test_params_are_the_config_that_applies_to_each_run_kind(smoke):
     for c in children:
         sections = {k.split(".")[0] for k in c.data.params}
         assert sections == {"data", "model", "train", "probes"}, sections
+        # what trained it, beside the config (study.engine.paths): here the CPU's C kernels
+        assert c.data.params["train.trained_with"] == "engine (fused C kernels)"
+        assert c.data.params["train.precision_used"] == "fp32"
     p = parent.data.params
     assert {k.split(".")[0] for k in p} == {"ablation", "data", "model", "train", "probes"}
     # the grid, not one of its values
