@@ -260,6 +260,18 @@ if triton is not None:
     # LSTM family: the spec's fields are the constexpr parameters H .. fgr
 
     @triton.jit
+    def _gate(a_ptr, p_ptr, PEEP: tl.constexpr, cell, m, sigma: tl.constexpr,
+              CT: tl.constexpr):
+        """A gate of the LSTM forward: its pre-activation (plus the peephole term p ⊙ cell
+        when PEEP), activated; what the backward keeps is stored back over it."""
+        a = _ld(a_ptr, m, CT)
+        if PEEP:
+            a = a + cell * _ld(p_ptr, m, CT)
+        y = _act(a, sigma, 0.0)
+        _st(a_ptr, _keep(a, y, sigma), m)
+        return y
+
+    @triton.jit
     def _lstm_fwd(a_ptr, lda, cp_ptr, ldcp, c_ptr, ldc, s_ptr, lds, peep_ptr, ldp,
                  H: tl.constexpr, oi: tl.constexpr, of: tl.constexpr, oo: tl.constexpr,
                  oz: tl.constexpr, pi: tl.constexpr, pf: tl.constexpr, po: tl.constexpr,
@@ -273,17 +285,9 @@ if triton is not None:
         cp = _ld(cp_ptr + row * ldcp + j, m, CT)
         # i and f peek at c'
         if oi >= 0:
-            a_i = _ld(a_row + oi + j, m, CT)
-            if pi >= 0:
-                a_i = a_i + cp * _ld(peep_ptr + pi * ldp + j, m, CT)
-            y_i = _act(a_i, sigma, 0.0)
-            _st(a_row + oi + j, _keep(a_i, y_i, sigma), m)
+            y_i = _gate(a_row + oi + j, peep_ptr + pi * ldp + j, pi >= 0, cp, m, sigma, CT)
         if of >= 0:
-            a_f = _ld(a_row + of + j, m, CT)
-            if pf >= 0:
-                a_f = a_f + cp * _ld(peep_ptr + pf * ldp + j, m, CT)
-            y_f = _act(a_f, sigma, 0.0)
-            _st(a_row + of + j, _keep(a_f, y_f, sigma), m)
+            y_f = _gate(a_row + of + j, peep_ptr + pf * ldp + j, pf >= 0, cp, m, sigma, CT)
         z = _act(_ld(a_row + oz + j, m, CT), g, gm)  # g is never binary: z is kept
         _st(a_row + oz + j, z, m)
         # c = f ⊙ c' + i ⊙ z
@@ -296,11 +300,7 @@ if triton is not None:
         kc = _act(c, k, km)
         # h = o ⊙ k(c); o peeks at the new c
         if oo >= 0:
-            a_o = _ld(a_row + oo + j, m, CT)
-            if po >= 0:
-                a_o = a_o + c * _ld(peep_ptr + po * ldp + j, m, CT)
-            y_o = _act(a_o, sigma, 0.0)
-            _st(a_row + oo + j, _keep(a_o, y_o, sigma), m)
+            y_o = _gate(a_row + oo + j, peep_ptr + po * ldp + j, po >= 0, c, m, sigma, CT)
             h = y_o * kc
         else:
             h = kc
