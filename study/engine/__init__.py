@@ -12,7 +12,8 @@
   derived mechanically from the cell classes; a cell with its own equations has no kernel
   and runs on the torch step.
 - `triton_step`: the same steps as Triton kernels for the GPU, generated from the same
-  description (`fused.lstm_spec`); tested on the CPU under Triton's interpreter.
+  description (`fused.lstm_spec`); tested on the CPU under Triton's interpreter. The
+  kernels themselves (device code) are `_triton_kernels`, imported only with triton.
 - `graphs`: the T-step loops captured and replayed as CUDA graphs.
 - `paths`: which code trains a run (cuDNN, Triton, C kernels or the torch step), chosen
   once from `model.engine`, the device and the training settings.
