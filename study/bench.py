@@ -28,8 +28,8 @@ before one training step at the timed shape (`peak_gpu_mem_MiB`), each model in 
 Precision (`--precision`): fp32 everywhere; on CUDA, fp32 allows TF32 matmuls (cuBLAS and
 cuDNN alike), and bf16 runs the forward under torch.autocast(bfloat16) on both sides.
 
-Needs torch only (no MLflow, Optuna or pandas: the GPU machine may have nothing else); the
-table is printed with pandas when it is installed, and the CSV is written by the csv module.
+Needs torch only (no MLflow, Optuna or pandas: the GPU machine may have nothing else): the
+table is printed as aligned text columns and the CSV is written by the csv module.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from torch import nn
 # the schema, not study.config: loading YAML configs is not needed here
 from study.config_schema import ModelConfig
 from study.engine.cells import CELLS
+from study.engine.paths import allow_tf32
 from study.engine.scan import single_backward
 from study.model import CharLM
 
@@ -98,20 +99,6 @@ def flops_per_char(name: str, V: int, H: int) -> float:
         cell = CELLS[name](H)
         G, Hr = cell.G, cell.state_size
     return 6.0 * G * H * (H + Hr) + 6.0 * H * V
-
-
-def set_precision(device: torch.device, precision: str) -> None:
-    """fp32 on CUDA allows TF32 matmuls (cuBLAS and cuDNN); bf16 is autocast (make_step)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if device.type != "cuda":
-        if precision != "fp32":
-            raise ValueError(f"--precision {precision} is for CUDA (autocast on the GPU); "
-                             "on CPU the bench runs in fp32")
-        return
-    if precision == "fp32":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 def autocast(device: torch.device, precision: str):
@@ -200,7 +187,7 @@ def timing_child(names, V, H, T, B, engine, device, rounds, threads, flush,
         torch.set_num_threads(threads)
     torch.set_flush_denormal(flush)
     device = torch.device(device)
-    set_precision(device, precision)
+    allow_tf32(device.type, precision)  # as training does (study.train.build_model)
     times, steps = time_models(names, V, H, T, B, engine, device, rounds, progress=False,
                                precision=precision)
     mem = gpu_step_memory(steps) if memory and device.type == "cuda" else {}
@@ -297,7 +284,7 @@ def run(args) -> tuple[list[dict], float, torch.device]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(args.flush_denormal)
-    set_precision(device, args.precision)
+    allow_tf32(device.type, args.precision)
     cuda = device.type == "cuda"
     names = list(BASELINES) + (args.variants or list(CELLS))
     peak = gemm_peak(device, precision=args.precision)
@@ -376,24 +363,13 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
     cells = [[cell(r.get(c, math.nan)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    lines = [" ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += [" ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(lines)
 
 
 def print_table(rows, peak, precision: str = "fp32", cuda: bool = False) -> None:
-    columns = [c for c in columns_of(rows) if c not in CSV_ONLY]
-    try:
-        import pandas as pd
-    except ImportError:
-        pd = None
-    if pd is not None:
-        df = pd.DataFrame(rows, columns=columns)
-        with pd.option_context("display.width", 220, "display.max_columns", 30,
-                               "display.float_format", "{:.2f}".format):
-            print(df.to_string(index=False))
-    else:
-        print(format_table(rows, columns))
+    print(format_table(rows, [c for c in columns_of(rows) if c not in CSV_ONLY]))
     label = f"{peak_label(precision, cuda)} " if cuda else ""
     print(f"(chars/s of a full training step; GFLOP/s against a measured {label}GEMM peak of "
           f"{peak:.0f} GFLOP/s; memory in MiB" + (f"; {precision}" if cuda else "") + ")")

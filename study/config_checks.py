@@ -161,24 +161,25 @@ def _check_sweep(cfg, source: str) -> None:
 
 
 def _check_path(cfg, source: str) -> None:
-    """model.engine, train.precision and the device agree with every variant; what depends
-    on this machine (CUDA present, Triton installed) is checked before the runs start
-    (study.run.check_device)."""
+    """model.engine, train.precision and the device agree with every variant on some
+    machine the config allows (train.device auto: CPU or CUDA, with Triton and the C
+    kernels assumed present); what this machine lacks is checked before the runs start
+    (study.run.check_paths)."""
     from study.engine.cells import get_cell_class
     from study.engine.paths import PathError, choose
 
     t = cfg.train
-    if t.precision == "bf16" and t.device == "cpu":
-        raise ConfigError(f"{source}: train.precision = 'bf16' is for CUDA (bfloat16 "
-                          "autocast); on the CPU use 'fp32'")
-    if cfg.model.engine not in ("cudnn", "fused"):
-        return  # the other engines' limits depend on the machine
-    device = "cuda" if t.device == "cuda" else "cpu"
+    devices = ("cpu", "cuda") if t.device == "auto" else (t.device,)
     for name in cfg.ablation.variants or [cfg.model.cell]:
-        try:
-            choose(get_cell_class(name), cfg.model.engine, device, clip=t.clip,
-                   truncated_gradient=cfg.model.truncated_gradient, cuda_graphs=t.cuda_graphs,
-                   triton=(False, "not asked"), fused=True)
-        except PathError as e:
-            raise ConfigError(f"{source}: {e}" + (f" (variant {name!r})" if
-                                                  cfg.ablation.variants else "")) from None
+        errors = []
+        for device in devices:
+            try:
+                choose(get_cell_class(name), cfg.model.engine, device, clip=t.clip,
+                       truncated_gradient=cfg.model.truncated_gradient,
+                       cuda_graphs=t.cuda_graphs, precision=t.precision, triton=(True, ""),
+                       fused=True)
+            except PathError as e:
+                errors.append(e)
+        if len(errors) == len(devices):  # no machine could train it
+            raise ConfigError(f"{source}: {errors[-1]}" + (
+                f" (variant {name!r})" if cfg.ablation.variants else ""))

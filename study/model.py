@@ -92,7 +92,7 @@ class RecurrentLayer(nn.Module):
         return scan(self.cell, x, self.W, self.b, self.recurrent_weights(), state[0],
                     state[1], tuple(self.extra.values()), onehot=self.onehot, keep=keep,
                     kernel=self.kernel(dtype, device),
-                    graphs=self._graphs if path.graphs and not keep else None)
+                    graphs=self._graphs if path.graphs else None)
 
     def sequence(self, x: Tensor, state: tuple[Tensor, Tensor | None],
                  carry_at: int | None = None):
@@ -171,25 +171,19 @@ def _compute_dtype(W: Tensor) -> torch.dtype:
 
 
 def _engine_kernel(cell: Cell, kind: str, dtype: torch.dtype, device: torch.device):
-    """The step object of path `kind` ("cudnn": the engine that runs the probes)."""
-    if kind == "torch":
-        return None
-    if kind == "cudnn":  # the probes' inference: the fastest engine there is
-        if device.type != "cuda":
-            return kernel_for(cell, dtype, device, "auto")
-        from study.engine import triton_step
+    """The step object of path `kind`, or None for the torch step. A layer that trains
+    through cuDNN (lstm, gru: both covered) runs the probes on the fastest engine there."""
+    from study.engine import triton_step
 
-        if not triton_step.available(device)[0]:
-            return None
-        kind = "triton"
+    if kind == "cudnn":
+        kind = "fused" if device.type != "cuda" else (
+            "triton" if triton_step.available(device)[0] else "torch")
     if kind == "triton":
-        from study.engine import triton_step
-
         try:
             return triton_step.triton_kernel_for(cell, dtype, device)
-        except ValueError:  # a dtype the kernels do not cover: the torch step
+        except ValueError:  # a dtype the kernels do not cover (fp16): the torch step
             return None
-    return kernel_for(cell, dtype, device, "auto" if kind == "fused" else kind)
+    return kernel_for(cell, dtype, device) if kind == "fused" else None
 
 
 @dataclass

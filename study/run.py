@@ -23,7 +23,7 @@ from study.ablation import RunSpec, describe, ok, run_ablation, summary_table
 from study.config import Config, ConfigError, TrackingConfig, run_hash, updated
 from study.data import Corpus, DataError, corpus_key, load_corpus
 from study.signals import exit_code, sigterm_as_interrupt
-from study.train import CheckpointError
+from study.train import CheckpointError, pick_device
 
 
 def datasets_of(cfg: Config) -> list[str]:
@@ -79,7 +79,6 @@ def check_device(cfg: Config) -> None:
 def check_paths(plan: list[RunSpec]) -> None:
     """Every run can train on this machine the way its config asks (model.engine,
     train.precision; study.engine.paths), checked before any run exists."""
-    import torch
 
     from study.engine.cells import get_cell_class
     from study.engine.paths import PathError, choose
@@ -87,19 +86,16 @@ def check_paths(plan: list[RunSpec]) -> None:
     seen = set()
     for spec in plan:
         m, t = spec.cfg.model, spec.cfg.train
-        device = "cuda" if t.device == "cuda" or (t.device == "auto"
-                                                  and torch.cuda.is_available()) else "cpu"
+        device = pick_device(t.device).type  # check_device has refused cuda without one
         key = (m.cell, m.engine, device, t.clip, m.truncated_gradient, t.cuda_graphs,
                t.precision)
         if key in seen:
             continue
         seen.add(key)
-        if t.precision == "bf16" and device != "cuda":
-            raise ConfigError(f"{spec.name}: train.precision = 'bf16' is for CUDA and this "
-                              "run would train on the CPU; use 'fp32'")
         try:
             choose(get_cell_class(m.cell), m.engine, device, clip=t.clip,
-                   truncated_gradient=m.truncated_gradient, cuda_graphs=t.cuda_graphs)
+                   truncated_gradient=m.truncated_gradient, cuda_graphs=t.cuda_graphs,
+                   precision=t.precision)
         except PathError as e:
             raise ConfigError(f"{spec.name} on {device}: {e}") from None
 

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from study import data, files
 from study.config import Config, to_dict
-from study.engine.paths import PathError, choose, say_why
+from study.engine.paths import allow_tf32, choose, say_why
 from study.engine.scan import clip_preactivations, single_backward
 from study.formats import bits
 from study.model import CharLM, detach_state
@@ -66,8 +66,6 @@ class Result:
     num_params: int = 0
     model: CharLM | None = None  # the best-validation model, for callers that go on
     device: torch.device | None = None
-    trained_with: str = ""  # the training path (study.engine.paths), e.g. "cuDNN (...)"
-    precision: str = ""  # what the arithmetic was, e.g. "fp32 (TF32 matmuls)"
 
 
 @dataclass
@@ -276,9 +274,7 @@ def train(cfg: Config, corpus: data.Corpus, ckpt_dir: Path | None = None,
     t = cfg.train
     device, model, opt, x, y, schedule = _setup(cfg, corpus)
     chars_per_epoch = sum(w.end - w.new for w in schedule) * t.batch_size
-    used = path_params(cfg, model, device)
-    res = Result("running", num_params=model.num_params(), trained_with=used["trained_with"],
-                 precision=used["precision_used"])
+    res = Result("running", num_params=model.num_params())
     start_epoch, initial_loss, bad_epochs = 1, None, 0
     last, best = (ckpt_dir / "last.pt", ckpt_dir / "best.pt") if ckpt_dir else (None, None)
     if resume and last is not None and last.is_file():
@@ -376,21 +372,17 @@ def _setup(cfg: Config, corpus: data.Corpus):
 def build_model(cfg: Config, vocab_size: int, device: torch.device) -> CharLM:
     """The run's model on `device`, set up to train the way the run will: its training path
     (study.engine.paths: cuDNN, Triton, C kernels or the torch step; CUDA graphs) and, on
-    CUDA, TF32 matmuls for fp32. Raises PathError when the config's engine cannot train
-    here."""
+    CUDA, TF32 matmuls for fp32. Raises study.engine.paths.PathError when the config's
+    engine or precision cannot train here."""
     t = cfg.train
-    if t.precision == "bf16" and device.type != "cuda":
-        raise PathError(f"train.precision = 'bf16' is for CUDA; this run's device is "
-                        f"{device.type} (use 'fp32')")
     model = CharLM(vocab_size, cfg.model).to(device)
     path = choose(type(model.cell), cfg.model.engine, device.type, clip=t.clip,
-                  truncated_gradient=cfg.model.truncated_gradient, cuda_graphs=t.cuda_graphs)
+                  truncated_gradient=cfg.model.truncated_gradient, cuda_graphs=t.cuda_graphs,
+                  precision=t.precision)
     say_why(type(model.cell), path)
     for layer in model.layers:
         layer.path = path
-    if device.type == "cuda" and t.precision == "fp32":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    allow_tf32(device.type, t.precision)
     return model
 
 

@@ -154,8 +154,6 @@ def test_autocast_is_bf16_on_cuda_only():
     assert isinstance(bench.autocast(torch.device("cuda"), "bf16"), torch.autocast)
     assert not isinstance(bench.autocast(torch.device("cuda"), "fp32"), torch.autocast)
     assert not isinstance(bench.autocast(torch.device("cpu"), "bf16"), torch.autocast)
-    with pytest.raises(ValueError, match="for CUDA"):
-        bench.set_precision(torch.device("cpu"), "bf16")
 
 
 ROWS = [{"variant": "nn.LSTM", "engine": "torch built-in", "hidden": 8, "chars_per_s": 1234.5,
@@ -173,7 +171,7 @@ def test_csv_is_what_pandas_wrote(tmp_path):
 
 def test_the_table_prints_without_pandas(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
-    bench.print_table(ROWS, 100.0)
+    bench.print_table(ROWS, 100.0)  # the only way it prints
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["variant", "engine", "hidden", "chars_per_s", "ratio_vs_nn_gru"]
     assert lines[1].split()[-2:] == ["1234.50", "NaN"]

@@ -222,7 +222,7 @@ def test_own_equations_run_on_the_torch_step_said_once(capsys):
     assert all(layer.kernel(dt, CPU) is None for layer in layers
                for dt in (torch.float32, torch.float64))
     err = capsys.readouterr().err.splitlines()
-    assert err == ["engine: Leaky has its own equations and no fused kernel; it runs on "
+    assert err == ["engine: Leaky has its own equations and no kernel; it runs on "
                    "the torch step"]
     with pytest.raises(PathError, match="model.engine = 'fused': Leaky has its own equations "
                        "and no kernel; use 'auto' or 'torch'"):
@@ -263,9 +263,13 @@ def test_a_family_step_with_switches_the_kernels_lack_runs_on_torch(capsys):
         sigma = ScaledSigmoid(2.0)
 
     assert fused.kernel_family(ScaledGates) == "lstm"
-    assert RecurrentLayer(ScaledGates(H), I).kernel(torch.float32, CPU) is None
-    assert "ScaledGates has sigma = 2σ−1, which the fused kernels do not cover" \
-        in capsys.readouterr().err
+    layer = RecurrentLayer(ScaledGates(H), I)
+    assert layer.kernel(torch.float32, CPU) is None
+    assert layer.training_path(CPU).kind == "torch"  # and the run's params say so
+    assert "engine: ScaledGates has sigma = 2σ−1, which the step kernels do not cover; it " \
+        "runs on the torch step" in capsys.readouterr().err
+    with pytest.raises(PathError, match="'fused': ScaledGates has sigma = 2σ−1"):
+        RecurrentLayer(ScaledGates(H), I, engine="fused").kernel(torch.float32, CPU)
 
 
 def test_the_equations_listing_warns_when_a_step_is_changed_but_not_its_equations():

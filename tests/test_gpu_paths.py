@@ -103,6 +103,12 @@ def test_config_checks_refuse_what_no_machine_could_train(tmp_path):
     with pytest.raises(ConfigError, match="'bf16' is for CUDA"):
         load("train.precision=bf16", "train.device=cpu")
     assert load("model.cell=gru", "model.engine=cudnn").model.engine == "cudnn"
+    # refused only where no machine the config allows could train it: with device auto,
+    # bf16 (CUDA) and the C kernels (CPU) are each possible somewhere
+    assert load("train.precision=bf16").train.precision == "bf16"
+    assert load("model.engine=fused").model.engine == "fused"
+    with pytest.raises(ConfigError, match="'fused' runs on the CPU"):
+        load("model.engine=fused", "train.device=cuda")
 
 
 def test_a_run_identity_ignores_how_fast_it_ran_and_keys_left_at_their_default():
@@ -280,7 +286,7 @@ def test_build_model_sets_the_path_and_the_run_says_what_trained_it():
     assert path_params(cfg, model, torch.device("cpu"))["trained_with"] == \
         "cuDNN (nn.LSTM/nn.GRU kernels; probes on the engine)"
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="bf16"))
-    with pytest.raises(PathError, match="'bf16' is for CUDA; this run's device is cpu"):
+    with pytest.raises(PathError, match="'bf16' is for CUDA .* trains on cpu; use 'fp32'"):
         build_model(cfg, V, torch.device("cpu"))
 
 

@@ -110,13 +110,28 @@ def kernel_family(cls: type[Cell]) -> str | None:
     return FAMILY_ROOTS[root]
 
 
+def no_kernel_reason(cls: type[Cell]) -> str | None:
+    """Why no step kernel (the C ones here, the Triton ones of triton_step, both from this
+    module's description) runs `cls`, or None when they do: its own equations, or a
+    switch the description does not cover."""
+    family = kernel_family(cls)
+    if family is None:
+        return f"{cls.__name__} has its own equations and no kernel"
+    if family == "lstm":
+        try:
+            lstm_spec(cls(1))
+        except ValueError as e:
+            return f"{cls.__name__} {e}"
+    return None
+
+
 def lstm_spec(cell: LSTMFamily) -> dict[str, int | float]:
     """The values of SPEC_FIELDS for an LSTM-family cell, from its class switches; raises
     ValueError naming a switch the kernels do not cover."""
     for role, allowed in (("sigma", GATE_ACTS), ("g", CELL_ACTS), ("k", CELL_ACTS)):
         act = getattr(cell, role)
         if act.kernel not in allowed:
-            raise ValueError(f"has {role} = {act!r}, which the fused kernels do not cover")
+            raise ValueError(f"has {role} = {act!r}, which the step kernels do not cover")
 
     def offset(n):
         return cell.blocks.index(n) * cell.H if n in cell.blocks else -1
@@ -215,36 +230,23 @@ def load() -> ctypes.CDLL | None:
 
 
 _SFX = {torch.float32: "_f32", torch.float64: "_f64"}
-_TOLD: set[type] = set()  # classes the engine has said run on the torch step
 
 
-def kernel_for(cell, dtype: torch.dtype, device: torch.device, engine: str = "auto"):
-    """A kernel object with the cell's step/backward signature, or None for the torch
-    code. engine: "auto" (fused when possible), "fused" (required) or "torch". A cell
-    without a kernel is said once per class and process, on stderr."""
-    if engine == "torch":
+def kernel_for(cell, dtype: torch.dtype, device: torch.device):
+    """The C kernel object with the cell's step/backward signature, or None for the torch
+    step: a class the kernels do not cover (study.engine.paths chose the torch step for it
+    and said so), a dtype or device they lack, or kernels that did not build (load()
+    warned once)."""
+    family = kernel_family(type(cell))
+    if family is None or device.type != "cpu" or dtype not in _SFX or load() is None:
         return None
-    cls, spec = type(cell), None
-    family = kernel_family(cls)
-    reason = None if family else f"{cls.__name__} has its own equations and no fused kernel"
+    spec = None
     if family == "lstm":
         try:
             spec = lstm_spec(cell)
-        except ValueError as e:
-            reason = f"{cls.__name__} {e}"
-    no_kernel = reason is not None  # a fact about the class: said once per class
-    if reason is None and (device.type != "cpu" or dtype not in _SFX):
-        reason = f"no fused kernel for {dtype} on {device.type}"
-    elif reason is None and load() is None:
-        reason = f"the kernels did not build: {_ERROR}"
-    if reason is None:
-        return _KERNELS[family](cell, spec, _LIB, _SFX[dtype])
-    if engine == "fused":
-        raise RuntimeError(f"engine 'fused' requested but {reason}")
-    if no_kernel and cls not in _TOLD:
-        _TOLD.add(cls)
-        print(f"engine: {reason}; it runs on the torch step", file=sys.stderr)
-    return None
+        except ValueError:
+            return None
+    return _KERNELS[family](cell, spec, _LIB, _SFX[dtype])
 
 
 def _p(t):

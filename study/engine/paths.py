@@ -4,7 +4,7 @@
     path = choose(cell_cls, engine="auto", device="cuda", clip="value", cuda_graphs="auto")
     path.kind      # "cudnn" | "triton" | "fused" | "torch"
     path.graphs    # the T-step loops replayed as CUDA graphs
-    path.label()   # "engine (Triton kernels, CUDA graphs)", logged as the run's `trained_with`
+    path.label()   # "engine (Triton kernels, CUDA graphs)", logged as the run's `train.trained_with`
 
 The paths:
 
@@ -66,21 +66,25 @@ def cudnn_covers(cls: type[Cell]) -> bool:
 
 def choose(cls: type[Cell], engine: str, device: str, *, clip: str = "value",
            truncated_gradient: bool = False, cuda_graphs: str = "auto",
-           triton: tuple[bool, str] | None = None, fused: bool | None = None) -> TrainingPath:
-    """The path that trains `cls` (see the module docstring). `triton` (available, why not)
-    and `fused` (the C kernels build) default to asking the machine; tests pass them."""
-    from study.engine.fused import kernel_family
+           precision: str = "fp32", triton: tuple[bool, str] | None = None,
+           fused: bool | None = None) -> TrainingPath:
+    """The path that trains `cls` (see the module docstring), or PathError naming what
+    cannot be and what would. `triton` (available, why not) and `fused` (the C kernels
+    build) default to asking the machine; tests and config checks pass them."""
+    from study.engine.fused import no_kernel_reason
 
     if engine not in ENGINES:
         raise PathError(f"model.engine = {engine!r}; valid engines: {', '.join(ENGINES)}")
     if cuda_graphs not in GRAPHS:
         raise PathError(f"train.cuda_graphs = {cuda_graphs!r}; valid: {', '.join(GRAPHS)}")
-    name = cls.__name__
     cuda = device == "cuda"
-    has_kernel = kernel_family(cls) is not None
+    if precision == "bf16" and not cuda:
+        raise PathError(f"train.precision = 'bf16' is for CUDA (bfloat16 autocast) and this "
+                        f"run trains on {device}; use 'fp32'")
+    no_kernel = no_kernel_reason(cls)  # None: the C and Triton kernels cover it
     preact = clip == "preact"
-    why_not_cudnn = (f"{name} is not nn.LSTM's or nn.GRU's cell (only lstm and gru are)"
-                     if not cudnn_covers(cls) else
+    why_not_cudnn = (f"{cls.__name__} is not nn.LSTM's or nn.GRU's cell (only lstm and gru "
+                     "are)" if not cudnn_covers(cls) else
                      "train.clip = 'preact' needs the engine's backward" if preact else
                      "the truncated gradient needs the engine's backward"
                      if truncated_gradient else None)
@@ -89,28 +93,24 @@ def choose(cls: type[Cell], engine: str, device: str, *, clip: str = "value",
     def engine_path(kind, why=""):
         return TrainingPath(kind, graphs=graphs, why=why)
 
+    def triton_state():  # asked only where it matters: importing triton takes a while
+        return triton if triton is not None else _triton_available(device)
+
     if engine == "cudnn":
         if why_not_cudnn:
             raise PathError(f"model.engine = 'cudnn': {why_not_cudnn}; use engine 'auto'")
         return TrainingPath("cudnn")
     if engine == "torch":
         return engine_path("torch")
+    if engine in ("fused", "triton") and no_kernel:
+        raise PathError(f"model.engine = {engine!r}: {no_kernel}; use 'auto' or 'torch'")
     if engine == "fused":
         if cuda:
             raise PathError("model.engine = 'fused' runs on the CPU; on CUDA use 'triton', "
                             "'cudnn' (lstm, gru) or 'auto'")
-        if not has_kernel:
-            raise PathError(f"model.engine = 'fused': {name} has its own equations and no "
-                            "kernel; use 'auto' or 'torch'")
         return engine_path("fused")
-    def triton_state():  # asked only where it matters: importing triton takes a while
-        return triton if triton is not None else _triton_available(device)
-
     if engine == "triton":
         triton_ok, triton_why = triton_state()
-        if not has_kernel:
-            raise PathError(f"model.engine = 'triton': {name} has its own equations and no "
-                            "kernel; use 'auto' or 'torch'")
         if not triton_ok:
             raise PathError(f"model.engine = 'triton': {triton_why}")
         return engine_path("triton")
@@ -118,16 +118,27 @@ def choose(cls: type[Cell], engine: str, device: str, *, clip: str = "value",
     if cuda:
         if why_not_cudnn is None:
             return TrainingPath("cudnn")
+        if no_kernel:
+            return engine_path("torch", no_kernel)
         triton_ok, triton_why = triton_state()
-        if has_kernel and triton_ok:
+        if triton_ok:
             return engine_path("triton", why_not_cudnn)
-        return engine_path("torch", f"{why_not_cudnn}; " + (
-            triton_why if has_kernel else f"{name} has its own equations and no kernel"))
-    fused_ok = fused if fused is not None else _fused_builds()
-    if has_kernel and fused_ok:
+        return engine_path("torch", f"{why_not_cudnn}; {triton_why}")
+    if no_kernel:
+        return engine_path("torch", no_kernel)
+    if fused if fused is not None else _fused_builds():
         return engine_path("fused")
-    return engine_path("torch", "the C kernels did not build" if has_kernel else
-                       f"{name} has its own equations and no fused kernel")
+    return engine_path("torch", "the C kernels did not build")
+
+
+def allow_tf32(device: str, precision: str) -> None:
+    """fp32 on CUDA lets cuBLAS and cuDNN use TF32 matmuls (train.precision's fp32); bf16
+    is autocast, and the CPU has no TF32."""
+    import torch
+
+    if device == "cuda" and precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 _TOLD: set[type] = set()  # classes said to run on the torch step
