@@ -4,7 +4,7 @@
     path = choose(cell_cls, engine="auto", device="cuda", clip="value", cuda_graphs="auto")
     path.kind      # "cudnn" | "triton" | "fused" | "torch"
     path.graphs    # the T-step loops replayed as CUDA graphs
-    path.label()   # "engine (Triton kernels, CUDA graphs)", logged as the run's `train.trained_with`
+    path.label()   # "engine (Triton kernels, CUDA graphs)": the run's train.trained_with
 
 The paths:
 
